@@ -1,0 +1,125 @@
+"""Settings for data, model and training, and the catalogue of named presets.
+
+A preset is one complete, named setting of all three groups; any field can be overridden from the
+command line. Keeping them in one catalogue (as OpenNMT-tf does) beats a pile of unrelated flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import ErgoError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How a corpus becomes (context ids, reply ids) pairs; changing any field rebuilds the data."""
+
+    lowercase: bool = True          # fold case before tokenising (see ergo/text.py)
+    context_turns: int = 2          # K: the last K turns before a reply form its context
+    max_context_len: int = 40       # context tokens kept (the oldest are dropped first)
+    max_reply_len: int = 20         # replies longer than this are skipped (a cut reply teaches cut replies)
+    min_count: int = 2              # a word seen fewer times in training data becomes <unk>
+    max_vocab: int = 8000           # vocabulary size, special tokens included
+    valid_fraction: float = 0.05    # share of conversations held out for validation
+    test_fraction: float = 0.05     # share of conversations held out for testing
+    seed: int = 13                  # the split and word2vec are reproducible from this
+    embedding_dim: int = 128        # word2vec size; the model's embedding size follows it
+    w2v_epochs: int = 5
+    w2v_window: int = 5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of the LSTM encoder-decoder; a checkpoint only loads into the same shape."""
+
+    hidden: int = 256               # LSTM units in every layer
+    layers: int = 2                 # LSTM layers in the encoder and in the decoder
+    bidirectional_encoder: bool = False  # first encoder layer reads both ways
+    attention: str = "dot"          # dot | general | additive
+    dropout: float = 0.2            # between layers and before the output projection
+    share_embeddings: bool = True   # one embedding table for encoder and decoder
+    freeze_embeddings: bool = False  # keep the word2vec vectors fixed
+    sampled_softmax: int = 0        # >0: that many sampled classes in training (full softmax to validate)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to fit: these can change between runs of the same model folder."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    clipnorm: float = 5.0
+    lr_decay: float = 1.0           # learning rate multiplied by this after every epoch
+    patience: int = 3               # epochs without a better validation perplexity before stopping
+    log_every: int = 100            # steps between training-loss lines in metrics and TensorBoard
+    mixed_precision: bool = False
+
+
+@dataclass(frozen=True)
+class Preset:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+PRESETS: dict[str, Preset] = {
+    # For tests: trains in seconds on a fixture corpus.
+    "tiny": Preset(
+        DataConfig(max_vocab=400, min_count=1, embedding_dim=16, max_context_len=24, max_reply_len=12,
+                   w2v_epochs=2),
+        ModelConfig(hidden=32, layers=2, dropout=0.1),
+        TrainConfig(epochs=2, batch_size=16, patience=2, log_every=5),
+    ),
+    # For a 2-core CPU: one epoch of the default corpus in minutes.
+    "quick": Preset(
+        DataConfig(max_vocab=8000, embedding_dim=128, max_context_len=30, max_reply_len=20),
+        ModelConfig(hidden=256, layers=2, dropout=0.2),
+        TrainConfig(epochs=5, batch_size=64),
+    ),
+    # The classic setting, for a GPU: 2x512 LSTM with attention, vocabulary ~20k.
+    "base": Preset(
+        DataConfig(max_vocab=20000, embedding_dim=256, max_context_len=40, max_reply_len=20),
+        ModelConfig(hidden=512, layers=2, dropout=0.3),
+        TrainConfig(epochs=20, batch_size=128),
+    ),
+    # A bigger GPU model for big corpora (Ubuntu, Cornell + your own).
+    "large": Preset(
+        DataConfig(max_vocab=40000, embedding_dim=300, context_turns=3, max_context_len=60,
+                   max_reply_len=30),
+        ModelConfig(hidden=1024, layers=3, bidirectional_encoder=True, dropout=0.3),
+        TrainConfig(epochs=30, batch_size=128),
+    ),
+}
+
+DEFAULT_PRESET = "quick"
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ErgoError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def override(settings, **changes):
+    """A copy of a settings dataclass with the fields in `changes` that are not None replaced."""
+    known = {f.name for f in dataclasses.fields(settings)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ErgoError(f"unknown setting(s) for {type(settings).__name__}: {', '.join(unknown)}")
+    return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+
+
+def to_dict(settings) -> dict:
+    return dataclasses.asdict(settings)
+
+
+def from_dict(cls, values: dict):
+    """Rebuild a settings dataclass from a saved dict, ignoring nothing silently."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ErgoError(f"saved {cls.__name__} has fields this version does not know: {', '.join(unknown)}")
+    return cls(**values)
