@@ -1,0 +1,58 @@
+"""Word vectors for the model's embeddings: word2vec trained with gensim on the training split, or a
+user's pretrained word2vec/GloVe file, aligned into a matrix whose row i is the vector of word i."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from gensim.models import KeyedVectors, Word2Vec
+
+from .errors import ErgoError
+from .vocab import PAD_ID, SPECIALS, Vocab
+
+
+def train_word2vec(sentences: Sequence[list[str]], dim: int, *, min_count: int, window: int, epochs: int,
+                   seed: int, workers: int) -> KeyedVectors:
+    """CBOW word2vec (gensim's default, and its fastest) over the training turns, one sentence a turn."""
+    logging.getLogger("gensim").setLevel(logging.WARNING)
+    model = Word2Vec(sentences=sentences, vector_size=dim, window=window, min_count=min_count,
+                     epochs=epochs, seed=seed, workers=max(1, workers))
+    return model.wv
+
+
+def load_pretrained(path: Path) -> KeyedVectors:
+    """A word2vec file (binary .bin or text with a header line) or a GloVe text file (no header)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ErgoError(f"no such embeddings file: {path}")
+    binary = path.suffix.lower() == ".bin"
+    no_header = False
+    if not binary:
+        with open(path, "rb") as f:
+            first = f.readline().split()
+        # word2vec text files start with "<count> <dim>"; GloVe files start with a word and its vector.
+        no_header = not (len(first) == 2 and all(x.isdigit() for x in first))
+    try:
+        return KeyedVectors.load_word2vec_format(str(path), binary=binary, no_header=no_header,
+                                                 unicode_errors="replace")
+    except (ValueError, EOFError, UnicodeDecodeError) as e:
+        raise ErgoError(f"{path}: not a word2vec or GloVe file ({e})") from None
+
+
+def embedding_matrix(vectors: KeyedVectors, vocab: Vocab, seed: int) -> tuple[np.ndarray, float]:
+    """(matrix, coverage): rows of words with a vector copy it; other rows are small random vectors
+    on the vectors' own scale; <pad> is zero. Coverage is the share of non-special words found."""
+    dim = vectors.vector_size
+    rng = np.random.default_rng(seed)
+    scale = float(np.std(vectors.vectors)) if len(vectors) else 0.1
+    matrix = rng.normal(0.0, scale, size=(len(vocab), dim)).astype(np.float32)
+    matrix[PAD_ID] = 0.0
+    found = 0
+    for i, word in enumerate(vocab.words[len(SPECIALS):], len(SPECIALS)):
+        if word in vectors.key_to_index:
+            matrix[i] = vectors[word]
+            found += 1
+    words = len(vocab) - len(SPECIALS)
+    return matrix, (found / words if words else 0.0)

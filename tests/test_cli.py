@@ -1,0 +1,47 @@
+"""main.py as a user runs it: what it prints, its exit status, and no traceback for a user's mistake."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures import synthetic_conversations, write_text_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_preprocess_prints_where_it_wrote_what(tmp_path):
+    corpus = write_text_corpus(tmp_path / "talk.txt", synthetic_conversations(40))
+    r = run("--preprocess", "--corpus", str(corpus), "--preset", "tiny", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "data/talk-tiny/ written: 40 conversations" in r.stdout
+    assert "warning: tiny corpus" in r.stderr
+    assert (tmp_path / "data" / "talk-tiny" / "manifest.json").is_file()
+    r = run("--preprocess", "--corpus", str(corpus), "--preset", "tiny", "--quiet", cwd=tmp_path)
+    assert "up to date, reused" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--preprocess", "--corpus", "nope.txt"], "error: no such corpus file or folder: nope.txt"),
+    (["--preprocess", "--corpus", "latin.txt"], "error: latin.txt:2: not valid utf-8"),
+    (["--preprocess", "--corpus", "cornell"], "error: corpus 'cornell' is not in corpora/cornell/"),
+    (["--preprocess", "--corpus", "talk.txt", "--embeddings", "nope.vec"], "error: no such embeddings file"),
+])
+def test_user_mistakes_get_one_line_and_exit_2(tmp_path, args, message):
+    (tmp_path / "latin.txt").write_bytes("hi\nça va\n".encode("iso-8859-1"))
+    write_text_corpus(tmp_path / "talk.txt", synthetic_conversations(5))
+    r = run(*args, "--quiet", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.startswith(message) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_nothing_to_do_says_so():
+    r = subprocess.run([sys.executable, str(ROOT / "main.py")], capture_output=True, text=True)
+    assert r.returncode == 2 and "nothing to do" in r.stderr
