@@ -157,6 +157,17 @@ def fit_reply(reply: list[int], max_len: int, sentence_ends: frozenset[int]) -> 
     return None
 
 
+def context_window(turns: Sequence[list[int]], cfg: DataConfig) -> np.ndarray:
+    """The model's input for a reply to `turns`: the last K turns joined by <sep>, newest tokens kept.
+    Training and every front end build it here, so the bot sees at chat time what it saw in training."""
+    context: list[int] = []
+    for turn in turns[-cfg.context_turns:]:
+        if context:
+            context.append(SEP_ID)
+        context.extend(turn)
+    return np.asarray(context[-cfg.max_context_len:], dtype=np.int32)
+
+
 def make_pairs(conversations: Sequence[list[list[int]]], indices: np.ndarray, cfg: DataConfig,
                log: ReadLog, sentence_ends: frozenset[int]) -> dict:
     """Every turn after the first becomes a reply to the window of up to K turns before it."""
@@ -168,12 +179,7 @@ def make_pairs(conversations: Sequence[list[list[int]]], indices: np.ndarray, cf
             if reply is None:
                 log.skip(f"reply longer than max_reply_len={cfg.max_reply_len} tokens with no sentence end to cut at")
                 continue
-            context: list[int] = []
-            for turn in turns[max(0, i - cfg.context_turns):i]:
-                if context:
-                    context.append(SEP_ID)
-                context.extend(turn)
-            contexts.append(np.asarray(context[-cfg.max_context_len:], dtype=np.int32))
+            contexts.append(context_window(turns[:i], cfg))
             replies.append(np.asarray(reply, dtype=np.int32))
             owner.append(c)
     return {"context": contexts, "reply": replies, "conversation": np.asarray(owner, dtype=np.int32)}
