@@ -1,0 +1,103 @@
+"""A trained model as one folder: everything a reply needs, and nothing to copy by hand.
+
+    config.json        data, model and tokenizer settings, vocabulary size, embedding size
+    vocab.json         the vocabulary the weights were trained with
+    model.weights.h5   the weights
+    card.json/card.md  the metrics card: which epoch, validation perplexity, training time, corpus
+
+A bundle is written into a temp folder and renamed into place. Loading checks the pieces against each
+other (vocabulary size, weight shapes) and refuses a bundle that does not add up.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .config import DataConfig, ModelConfig, from_dict, to_dict
+from .errors import ErgoError
+from .files import atomic_dir
+from .vocab import Vocab
+
+TOKENIZER = {"name": "nltk.TweetTokenizer", "reduce_len": True, "normalise": "NFKC, plain quotes"}
+
+
+@dataclass
+class Bundle:
+    path: Path
+    data_config: DataConfig
+    model_config: ModelConfig
+    vocab: Vocab
+    embedding_dim: int
+    card: dict
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "model.weights.h5"
+
+    @classmethod
+    def load(cls, path: Path) -> "Bundle":
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ErgoError(f"{path} is not a model bundle (no config.json); train one with `python main.py --train`")
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            card = json.loads((path / "card.json").read_text(encoding="utf-8"))
+            data_cfg = from_dict(DataConfig, config["data_config"])
+            model_cfg = from_dict(ModelConfig, config["model_config"])
+            vocab_size, dim = int(config["vocab_size"]), int(config["embedding_dim"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ErgoError(f"{path}: damaged bundle ({e})") from None
+        vocab = Vocab.load(path / "vocab.json")
+        if len(vocab) != vocab_size:
+            raise ErgoError(f"{path}: vocab.json has {len(vocab)} words but the model was built for {vocab_size}")
+        if not (path / "model.weights.h5").is_file():
+            raise ErgoError(f"{path}: model.weights.h5 is missing")
+        return cls(path, data_cfg, model_cfg, vocab, dim, card)
+
+    def build_model(self):
+        """The Seq2Seq with this bundle's weights; a shape mismatch is a clear error, not a traceback."""
+        from .model import build_seq2seq
+        model = build_seq2seq(self.model_config, len(self.vocab), embedding_dim=self.embedding_dim)
+        try:
+            model.load_weights(self.weights)
+        except (ValueError, OSError) as e:
+            raise ErgoError(f"{self.weights} does not fit the model its config.json describes: {e}") from None
+        return model
+
+
+def save_bundle(path: Path, model, data_config: DataConfig, model_config: ModelConfig, vocab: Vocab,
+                card: dict) -> None:
+    """Write a complete bundle atomically (an interrupted save keeps the previous bundle whole)."""
+    config = {"ergo_version": __version__, "data_config": to_dict(data_config),
+              "model_config": to_dict(model_config), "vocab_size": len(vocab),
+              "embedding_dim": int(model.enc_embedding.output_dim), "tokenizer": {**TOKENIZER,
+                                                                                 "lowercase": data_config.lowercase}}
+    with atomic_dir(path) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        vocab.save(tmp / "vocab.json")
+        _save_weights_only(model, tmp / "model.weights.h5")
+        (tmp / "card.json").write_text(json.dumps(card, indent=2), encoding="utf-8")
+        (tmp / "card.md").write_text(_card_markdown(card), encoding="utf-8")
+
+
+def _save_weights_only(model, path: Path) -> None:
+    """Keras saves a compiled model's optimizer state with its weights (tripling the file); a reply
+    needs none of it, so the bundle gets the weights of an uncompiled twin."""
+    if not model.compiled:
+        model.save_weights(path)
+        return
+    from .model import build_seq2seq
+    twin = build_seq2seq(model.cfg, model.vocab_size, embedding_dim=int(model.enc_embedding.output_dim))
+    twin.set_weights(model.get_weights())
+    twin.save_weights(path)
+
+
+def _card_markdown(card: dict) -> str:
+    lines = ["# Model card", ""]
+    lines += [f"- **{k.replace('_', ' ')}**: {v}" for k, v in card.items() if not isinstance(v, dict)]
+    for k, v in card.items():
+        if isinstance(v, dict):
+            lines += ["", f"## {k.replace('_', ' ')}", ""] + [f"- {kk}: {vv}" for kk, vv in v.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,221 @@
+"""The LSTM encoder-decoder with Luong attention, its masked loss and its training step.
+
+keras.layers / keras.ops only, so the same code runs on the tensorflow, jax and torch backends.
+Both LSTM stacks keep the fused (cuDNN) path: default activations, no recurrent dropout, right
+padding; attention comes after the decoder LSTM, so teacher-forced training runs each stack as one
+fused call. (Keras fuses masked LSTMs on TensorFlow only; on jax and torch the masked encoder runs
+the generic loop and the unmasked decoder stays fused.) `Seq2Seq.encode` and `Seq2Seq.decode_step` share the layers and let a decoder run
+one step at a time with the same arithmetic as the teacher-forced pass.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from .batching import count_target_tokens
+from .config import ModelConfig, TrainConfig
+from .errors import ErgoError
+from .vocab import PAD_ID
+
+ATTENTION_KINDS = ("dot", "general", "additive")
+_MASKED = -1e9  # score of a padded encoder position: exp() of it is 0, without inf-inf NaNs
+
+
+def masked_loss(targets, logits):
+    """Cross-entropy from logits averaged over real target tokens (padding counts for nothing)."""
+    logits = ops.cast(logits, "float32")  # a float16 softmax over the vocabulary loses too much
+    losses = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+    return _masked_mean(losses, targets)
+
+
+def _masked_mean(losses, targets):
+    mask = ops.cast(ops.not_equal(targets, PAD_ID), losses.dtype)
+    return ops.sum(losses * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
+class Seq2Seq(keras.Model):
+    """(encoder_in [B, Tc], decoder_in [B, Tr]) -> logits [B, Tr, V].
+
+    With `sampled_softmax` > 0, a training call returns the features before the output projection
+    instead, and `compute_loss` scores only the true class and the sampled ones.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, embedding_dim: int,
+                 embedding_matrix: np.ndarray | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if cfg.attention not in ATTENTION_KINDS:
+            raise ErgoError(f"unknown attention {cfg.attention!r}; choose one of: {', '.join(ATTENTION_KINDS)}")
+        if cfg.bidirectional_encoder and cfg.hidden % 2:
+            raise ErgoError("a bidirectional encoder needs an even hidden size (each direction gets half)")
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.enc_embedding = _embedding(vocab_size, embedding_dim, embedding_matrix, cfg.freeze_embeddings, "enc")
+        self.dec_embedding = (self.enc_embedding if cfg.share_embeddings else
+                              _embedding(vocab_size, embedding_dim, embedding_matrix, cfg.freeze_embeddings, "dec"))
+        # A bidirectional first layer has hidden/2 units per direction: concatenated, its outputs and
+        # states have the decoder's size, so no bridge layer is needed.
+        first = (layers.Bidirectional(_lstm(cfg.hidden // 2, "encoder_0"), name="encoder_0_bi")
+                 if cfg.bidirectional_encoder else _lstm(cfg.hidden, "encoder_0"))
+        self.encoder = [first] + [_lstm(cfg.hidden, f"encoder_{i}") for i in range(1, cfg.layers)]
+        self.decoder = [_lstm(cfg.hidden, f"decoder_{i}") for i in range(cfg.layers)]
+        self.dropout = layers.Dropout(cfg.dropout)
+        if cfg.attention == "general":
+            self.att_keys = layers.Dense(cfg.hidden, use_bias=False, name="att_general")
+        elif cfg.attention == "additive":
+            self.att_keys = layers.Dense(cfg.hidden, use_bias=False, name="att_keys")
+            self.att_query = layers.Dense(cfg.hidden, use_bias=False, name="att_query")
+            self.att_v = layers.Dense(1, use_bias=False, name="att_v")
+        self.combine = layers.Dense(cfg.hidden, activation="tanh", name="combine")
+        self.output_layer = layers.Dense(vocab_size, name="output")
+        self.sample_seed = keras.random.SeedGenerator(0)
+
+    # -- encoder ---------------------------------------------------------------------------------
+
+    def encode(self, encoder_in, training=False):
+        """-> (memory, states): memory = (values, keys, mask) for attention; states = ((h, c), ...) per layer."""
+        mask = ops.not_equal(encoder_in, PAD_ID)
+        x = self.enc_embedding(encoder_in)
+        states = []
+        for i, lstm in enumerate(self.encoder):
+            if i:
+                x = self.dropout(x, training=training)
+            x, *s = lstm(x, mask=mask, training=training)
+            if len(s) == 4:  # bidirectional: (h_fwd, c_fwd, h_bwd, c_bwd)
+                s = [ops.concatenate([s[0], s[2]], -1), ops.concatenate([s[1], s[3]], -1)]
+            states.append(tuple(s))
+        keys = self.att_keys(x) if self.cfg.attention != "dot" else x
+        return (x, keys, mask), tuple(states)
+
+    # -- decoder ---------------------------------------------------------------------------------
+
+    def _attend(self, query, memory, training):
+        """Luong attention of decoder outputs [B, T, H] over the encoder, then the combined features."""
+        values, keys, mask = memory
+        if self.cfg.attention == "additive":
+            hidden = ops.tanh(ops.expand_dims(self.att_query(query), 2) + ops.expand_dims(keys, 1))
+            scores = ops.squeeze(self.att_v(hidden), -1)
+        else:
+            scores = ops.matmul(query, ops.transpose(keys, (0, 2, 1)))
+        scores = ops.where(ops.expand_dims(mask, 1), scores, _MASKED)
+        context = ops.matmul(ops.softmax(scores, axis=-1), values)
+        features = self.combine(ops.concatenate([query, context], -1))
+        return self.dropout(features, training=training)
+
+    def features(self, encoder_in, decoder_in, training=False):
+        """Teacher-forced pass up to the output projection: [B, Tr, hidden].
+
+        The decoder LSTMs get no mask: with right padding, padded steps come after every real step
+        and cannot change it, and the loss ignores them.
+        """
+        memory, states = self.encode(encoder_in, training=training)
+        x = self.dec_embedding(decoder_in)
+        for i, lstm in enumerate(self.decoder):
+            if i:
+                x = self.dropout(x, training=training)
+            x, *_ = lstm(x, initial_state=list(states[i]), training=training)
+        return self._attend(x, memory, training)
+
+    def call(self, inputs, training=False):
+        encoder_in, decoder_in = inputs
+        features = self.features(encoder_in, decoder_in, training=training)
+        if training and self.cfg.sampled_softmax:
+            return features
+        return self.output_layer(features)
+
+    def decode_step(self, prev_token, states, memory):
+        """One decoder step for a batch: prev_token [B] -> (logits [B, V], new states)."""
+        x = self.dec_embedding(prev_token)
+        new_states = []
+        for lstm, (h, c) in zip(self.decoder, states):
+            x, (h, c) = lstm.cell(x, [h, c])
+            new_states.append((h, c))
+        features = self._attend(ops.expand_dims(x, 1), memory, training=False)
+        return self.output_layer(features)[:, 0], tuple(new_states)
+
+    # -- loss ------------------------------------------------------------------------------------
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if training and self.cfg.sampled_softmax:
+            return _masked_mean(self._sampled_losses(y_pred, y), y)
+        return masked_loss(y, y_pred)
+
+    def _sampled_losses(self, features, targets):
+        """Per-token sampled-softmax loss: the true class against S log-uniform negatives shared by
+        the batch. Each negative's logit is corrected by -log(its expected count) and accidental hits
+        of the true class are removed, so the sum over candidates estimates the full softmax's
+        denominator and the loss tends to the full cross-entropy as S grows.
+
+        Log-uniform fits because word ids run by falling frequency (ergo/vocab.py).
+        """
+        n, v = self.cfg.sampled_softmax, self.vocab_size
+        log_v1 = math.log(v + 1)
+        u = keras.random.uniform((n,), seed=self.sample_seed)
+        sampled = ops.clip(ops.cast(ops.floor(ops.exp(u * log_v1)), "int32") - 1, 0, v - 1)
+        ids = ops.cast(sampled, "float32")
+        log_expected = ops.log(n * (ops.log(ids + 2.0) - ops.log(ids + 1.0)) / log_v1)
+
+        rows = ops.transpose(self.output_layer.kernel)  # [V, H]: one transpose, then cheap row gathers
+        bias = self.output_layer.bias
+        features = ops.cast(features, rows.dtype)
+        true_logit = ops.sum(features * ops.take(rows, targets, axis=0), -1) + ops.take(bias, targets)  # [B, T]
+        sampled_logits = (ops.matmul(features, ops.transpose(ops.take(rows, sampled, axis=0)))
+                          + ops.take(bias, sampled) - log_expected)                                # [B, T, S]
+        hits = ops.equal(ops.expand_dims(targets, -1), sampled)
+        sampled_logits = ops.where(hits, _MASKED, sampled_logits)
+        logits = ops.concatenate([ops.expand_dims(true_logit, -1), sampled_logits], -1)
+        return ops.logsumexp(logits, axis=-1) - true_logit
+
+
+def _embedding(vocab_size, dim, matrix, frozen, prefix):
+    emb = layers.Embedding(vocab_size, dim, trainable=not frozen, name=f"{prefix}_embedding")
+    emb.build()
+    if matrix is not None:
+        emb.embeddings.assign(matrix)
+    return emb
+
+
+def _lstm(units, name):
+    """An LSTM whose arguments all allow the fused cuDNN kernel."""
+    return layers.LSTM(units, return_sequences=True, return_state=True, name=name)
+
+
+def build_seq2seq(model_cfg: ModelConfig, vocab_size: int, embedding_matrix: np.ndarray | None = None,
+                  embedding_dim: int | None = None) -> Seq2Seq:
+    """A built Seq2Seq (weights exist, so load_weights works); embeddings start from the matrix if given."""
+    if embedding_matrix is not None:
+        embedding_matrix = np.asarray(embedding_matrix, dtype="float32")
+        if embedding_matrix.shape[0] != vocab_size:
+            raise ErgoError(f"the embedding matrix has {embedding_matrix.shape[0]} rows, the vocabulary {vocab_size}")
+        embedding_dim = embedding_matrix.shape[1]
+    if embedding_dim is None:
+        raise ErgoError("give build_seq2seq an embedding matrix or an embedding_dim")
+    model = Seq2Seq(model_cfg, vocab_size, embedding_dim, embedding_matrix)
+    ids = np.ones((1, 2), dtype="int32")
+    model((ids, ids))
+    return model
+
+
+def compile_for_training(model: Seq2Seq, train_cfg: TrainConfig, jit_compile: bool | str = "auto") -> Seq2Seq:
+    """Adam with gradient clipping; then `model.train_on_batch((enc, dec_in), target)` is one compiled
+    step (forward, masked loss, gradients, update) on every backend, and returns the batch loss."""
+    optimizer = keras.optimizers.Adam(train_cfg.learning_rate, clipnorm=train_cfg.clipnorm)
+    model.compile(optimizer=optimizer, jit_compile=jit_compile)
+    return model
+
+
+def perplexity(model: Seq2Seq, batches: Iterable) -> float:
+    """exp(total loss over real target tokens / their number), always with the full softmax.
+
+    Each batch's mean loss is weighted by its token count, so short and long batches count fairly.
+    """
+    if not model.compiled:
+        model.compile(jit_compile=False)
+    total = tokens = 0.0
+    for encoder_in, decoder_in, decoder_target in batches:
+        n = count_target_tokens(decoder_target)
+        total += float(model.test_on_batch((encoder_in, decoder_in), decoder_target)) * n
+        tokens += n
+    return math.exp(total / tokens) if tokens else float("nan")

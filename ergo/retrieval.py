@@ -1,0 +1,120 @@
+"""Retrieval of candidate replies from the training corpus, for the retrieve and hybrid modes.
+
+Each training context becomes a sentence vector: the mean of its words' word2vec vectors, weighted
+by SIF (a / (a + p(word)): frequent words count for little) and by turn (the last turn counts most),
+then unit length. A new context's vector finds its nearest training contexts by cosine (one numpy
+matrix-vector product); their replies are the candidates, which the chatbot then ranks with the
+model's log p(reply | context) and the MMI penalty.
+
+The index is one file in the bundle, retrieval.npz, so a bundle still carries everything a reply
+needs: `build_index(data, bundle_dir)` writes it (training calls it when it saves a best bundle),
+and it is checked against the bundle's vocabulary when loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse
+
+from .dataset import PreparedData
+from .errors import ErgoError
+from .files import atomic_path
+from .vocab import SEP_ID, SPECIALS, Vocab
+
+INDEX_FILE = "retrieval.npz"
+SIF_A = 1e-3             # SIF's smoothing: a word as frequent as 1 in 1000 tokens gets half weight
+EARLIER_TURN = 0.5       # weight of each earlier turn relative to the one after it
+
+
+def vocab_digest(vocab: Vocab) -> str:
+    return hashlib.sha256("\n".join(vocab.words).encode("utf-8")).hexdigest()
+
+
+def _token_weights(context: np.ndarray, word_weight: np.ndarray) -> np.ndarray:
+    """SIF weight of each token, halved for every turn between it and the last one."""
+    turns_after = np.cumsum((context == SEP_ID)[::-1])[::-1] - (context == SEP_ID)
+    return word_weight[context] * EARLIER_TURN ** turns_after
+
+
+def _sentence_vectors(contexts, word_vectors: np.ndarray, word_weight: np.ndarray) -> np.ndarray:
+    """Unit-length weighted mean vectors [N, D], through one sparse [N, V] x [V, D] product."""
+    lengths = np.fromiter((len(c) for c in contexts), np.int64, len(contexts))
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    ids = np.concatenate(contexts) if len(contexts) else np.zeros(0, np.int32)
+    weights = np.concatenate([_token_weights(c, word_weight) for c in contexts]) if len(contexts) else ids
+    rows = scipy.sparse.csr_matrix((weights.astype(np.float32), ids, indptr),
+                                   shape=(len(contexts), len(word_vectors)))
+    vectors = np.asarray(rows @ word_vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-8)
+
+
+def build_index(data: PreparedData, bundle_dir: Path) -> Path:
+    """Write bundle_dir/retrieval.npz from the training split of `data` (a few seconds for 100k pairs)."""
+    vocab, split = data.vocab(), data.split("train")
+    word_vectors = data.embeddings().astype(np.float32)
+    counts = np.zeros(len(vocab), np.float64)
+    for key in ("context", "reply"):
+        for seq in split[key]:
+            counts += np.bincount(seq, minlength=len(vocab))
+    word_weight = (SIF_A / (SIF_A + counts / max(counts.sum(), 1.0))).astype(np.float32)
+    word_weight[: len(SPECIALS)] = 0.0
+    replies = split["reply"]
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in replies])]).astype(np.int64)
+    path = Path(bundle_dir) / INDEX_FILE
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, vectors=_sentence_vectors(split["context"], word_vectors, word_weight).astype(np.float16),
+                     word_vectors=word_vectors, word_weight=word_weight,
+                     reply_ids=np.concatenate(replies).astype(np.int32) if replies else np.zeros(0, np.int32),
+                     reply_offsets=offsets, vocab_digest=np.array(vocab_digest(vocab)))
+    return path
+
+
+class RetrievalIndex:
+    def __init__(self, vectors: np.ndarray, word_vectors: np.ndarray, word_weight: np.ndarray,
+                 reply_ids: np.ndarray, reply_offsets: np.ndarray):
+        self.vectors = vectors.astype(np.float32)  # float32 for a fast BLAS product
+        self.word_vectors, self.word_weight = word_vectors, word_weight
+        self.reply_ids, self.reply_offsets = reply_ids, reply_offsets
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @classmethod
+    def load(cls, bundle_dir: Path, vocab: Vocab) -> "RetrievalIndex | None":
+        """The bundle's index, or None when it has none; an index of another vocabulary is refused."""
+        path = Path(bundle_dir) / INDEX_FILE
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as z:
+                if str(z["vocab_digest"]) != vocab_digest(vocab):
+                    raise ErgoError(f"{path} was built for another vocabulary; rebuild it with "
+                                    f"ergo.retrieval.build_index")
+                return cls(z["vectors"], z["word_vectors"], z["word_weight"], z["reply_ids"], z["reply_offsets"])
+        except (OSError, ValueError, KeyError) as e:
+            raise ErgoError(f"{path}: damaged retrieval index ({e})") from None
+
+    def reply(self, i: int) -> list[int]:
+        return self.reply_ids[self.reply_offsets[i]:self.reply_offsets[i + 1]].tolist()
+
+    def search(self, context: np.ndarray, k: int) -> list[tuple[list[int], float]]:
+        """Up to k distinct replies of the nearest training contexts: (reply ids, cosine), nearest first."""
+        query = _sentence_vectors([np.asarray(context, np.int32)], self.word_vectors, self.word_weight)[0]
+        if not np.any(query) or not len(self):
+            return []
+        sims = self.vectors @ query
+        pool = min(len(sims), 4 * k)  # room for duplicates ("lol", "yes") among the nearest
+        top = np.argpartition(-sims, pool - 1)[:pool]
+        out, seen = [], set()
+        for i in top[np.argsort(-sims[top], kind="stable")]:
+            reply = self.reply(int(i))
+            if reply and tuple(reply) not in seen:
+                seen.add(tuple(reply))
+                out.append((reply, float(sims[i])))
+                if len(out) == k:
+                    break
+        return out

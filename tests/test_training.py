@@ -1,0 +1,138 @@
+"""Training end to end (fairseq style) and the run folder's guarantees: resume, refusal, interruption."""
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from ergo import corpora
+from ergo.bundle import Bundle
+from ergo.config import PRESETS, override
+from ergo.dataset import preprocess
+from ergo.errors import ErgoError
+from ergo.training import train
+from fixtures import synthetic_conversations, write_text_corpus
+
+TINY = PRESETS["tiny"]
+QUIET = dict(progress=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("data")
+    corpus = corpora.resolve(str(write_text_corpus(tmp / "talk.txt", synthetic_conversations(150))))
+    prepared, _ = preprocess(corpus, TINY.data, tmp / "out", progress=False)
+    return prepared
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    """One run of two epochs, shared: tests that change it work on a copy."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(data, TINY.model, override(TINY.train, epochs=2), run, **QUIET)
+    return run
+
+
+def epochs(run: Path) -> list[dict]:
+    return list(csv.DictReader(open(run / "metrics.csv")))
+
+
+def test_preprocess_train_resume_end_to_end(data, trained, tmp_path):
+    rows = epochs(trained)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[1]["valid_ppl"]) < float(rows[0]["valid_ppl"])
+    assert (trained / "curves.png").stat().st_size > 1000 and list((trained / "logs").iterdir())
+    bundle = Bundle.load(trained / "best")
+    assert bundle.card["epoch"] == 2 and bundle.card["valid_perplexity"] == pytest.approx(float(rows[1]["valid_ppl"]))
+    assert len(bundle.vocab) == data.manifest["vocab_size"] and Path(bundle.card["data_dir"]) == data.path.resolve()
+    assert (trained / "best" / "retrieval.npz").is_file()
+    model = bundle.build_model()
+    assert model.count_params() == bundle.card["parameters"]
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    state = train(data, TINY.model, override(TINY.train, epochs=3), run, resume=True, **QUIET)
+    assert state.epoch == 3 and [int(r["epoch"]) for r in epochs(run)] == [1, 2, 3]
+
+
+def test_existing_run_is_not_overwritten_and_other_settings_are_refused(data, trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    with pytest.raises(ErgoError, match="already holds this run: pass --resume"):
+        train(data, TINY.model, TINY.train, run, **QUIET)
+    with pytest.raises(ErgoError, match=r"holds a run with other settings \(model_config.hidden: 32 in the run, 48 now"):
+        train(data, override(TINY.model, hidden=48), TINY.train, run, resume=True, **QUIET)
+    with pytest.raises(ErgoError, match="nothing to resume"):
+        train(data, TINY.model, TINY.train, tmp_path / "empty", resume=True, **QUIET)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ErgoError, match="not empty and holds no ErGo run"):
+        train(data, TINY.model, TINY.train, tmp_path / "other", **QUIET)
+
+
+class StopAt(keras.callbacks.Callback):
+    """Ctrl-C as a user would press it: in the middle of an epoch."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.seen = step, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.step:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_from_its_latest_checkpoint(data, tmp_path):
+    run = tmp_path / "run"
+    cfg = override(TINY.train, epochs=1)
+    with pytest.raises(ErgoError, match=r"interrupted: saved the latest checkpoint .*epoch 1, batch 7\); continue with --resume"):
+        train(data, TINY.model, cfg, run, callbacks=(StopAt(7),), **QUIET)
+    saved = json.loads((run / "latest" / "state.json").read_text())
+    assert saved["epoch"] == 0 and saved["position"] == 7 and saved["step"] == 7
+    # the weights saved at the interruption are the ones the resumed run starts from
+    from ergo.model import build_seq2seq
+    probe = build_seq2seq(TINY.model, data.manifest["vocab_size"], data.embeddings())
+    probe.load_weights(run / "latest" / "model.weights.h5")
+    before = [w.copy() for w in probe.get_weights()]
+
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append([np.array(w) for w in self.model.get_weights()])
+            seen.append(int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)))
+    state = train(data, TINY.model, cfg, run, resume=True, callbacks=(Spy(),), **QUIET)
+    assert seen[1] == saved["step"]  # Adam's state came back with the weights
+    for a, b in zip(before, seen[0]):
+        np.testing.assert_array_equal(a, b)
+    full_epoch = -(-len(data.split("train")["reply"]) // TINY.train.batch_size)
+    assert state.epoch == 1 and state.step == full_epoch  # no batch lost, none repeated
+    assert json.loads((run / "latest" / "state.json").read_text())["step"] == state.step
+
+
+def test_mirrored_strategy_on_two_cpu_devices(data, tmp_path):
+    script = textwrap.dedent(f"""
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        from ergo.config import PRESETS, override
+        from ergo.dataset import PreparedData
+        from ergo.training import train
+        state = train(PreparedData.open({str(data.path)!r}), PRESETS["tiny"].model,
+                      override(PRESETS["tiny"].train, epochs=1), {str(tmp_path / "run")!r},
+                      progress=False, strategy_scope=strategy.scope())
+        print("replicas", strategy.num_replicas_in_sync, "ppl", state.best_valid_ppl)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "replicas 2 ppl" in r.stdout
+    assert (tmp_path / "run" / "best" / "model.weights.h5").is_file()
