@@ -1,0 +1,120 @@
+"""The Flask app in-process (real Redis, real model): rate limits, headers, cookies, errors, settings,
+the OpenAPI description, and the server's configuration. Behaviour under gunicorn: test_web_gunicorn.py."""
+from __future__ import annotations
+
+import itertools
+import re
+import stat
+
+import pytest
+
+from ergo.chatbot import SETTINGS
+from ergo.errors import ErgoError
+from web.app import HERE, create_app
+from web.config import WebConfig, secret_key
+
+
+@pytest.fixture(scope="module")
+def app(tiny_bundle, redis_server):
+    return create_app(tiny_bundle, redis_server.url, "k" * 40, WebConfig(rate_limit="4 per minute"))
+
+
+ADDRESSES = itertools.count(2)
+
+
+@pytest.fixture()
+def client(app):
+    """A client with an address of its own, so one test's rate limit does not spill into the next."""
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = f"127.0.0.{next(ADDRESSES)}"
+    return client
+
+
+def test_too_many_requests_is_429_with_the_limit_stored_in_redis(client, redis_server):
+    codes = [client.post("/api/chat", json={"message": "hi"}).status_code for _ in range(5)]
+    assert codes == [200, 200, 200, 200, 429]
+    r = client.post("/api/feedback", json={"turn": 2, "vote": "up"})  # writes share one limit
+    assert r.status_code == 429
+    assert "too many requests" in r.get_json()["error"] and r.headers["Retry-After"]
+    assert client.get("/api/history").status_code == 200  # reads are not limited
+    from web.store import connect
+    assert any(connect(redis_server.url).scan_iter("ergo:limits:*"))
+
+
+def test_security_headers_and_no_inline_script(client):
+    r = client.get("/")
+    csp = r.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    html = r.get_data(as_text=True)
+    assert re.findall(r"<script\b[^>]*>", html) and all("src=" in tag for tag in re.findall(r"<script\b[^>]*>", html))
+    assert not re.search(r"\son\w+=", html)  # no inline event handlers either
+    assert "http://" not in html and "https://" not in html  # no CDN: everything comes from the app
+    assert client.get("/static/chat.js").status_code == 200
+    assert "innerHTML" not in (HERE / "static" / "chat.js").read_text()
+
+
+def test_cookie_is_signed_httponly_samesite(client):
+    r = client.post("/api/chat", json={"message": "hello"})
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    cid = r.get_json()["conversation_id"]
+    assert client.get("/api/history").get_json()["conversation_id"] == cid
+    value = client.get_cookie("ergo_conversation").value
+    client.set_cookie("ergo_conversation", value[:-3] + ("aaa" if not value.endswith("aaa") else "bbb"))
+    assert client.get("/api/history").get_json()["conversation_id"] != cid  # a forged cookie is ignored
+
+
+def test_no_stack_trace_reaches_the_client(app, client, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals at /srv/ergo/model.py line 42")
+
+    monkeypatch.setattr(app.extensions["ergo"]["bot"], "reply", broken)
+    r = client.post("/api/chat", json={"message": "hi"})
+    assert r.status_code == 500
+    assert r.get_json() == {"error": "internal error; the server log has the details"}
+    assert "Traceback" not in r.get_data(as_text=True)
+
+
+def test_settings_catalogue_lists_every_setting(client):
+    listed = client.get("/api/settings").get_json()["settings"]
+    assert [s["name"] for s in listed] == list(SETTINGS)
+    for s in listed:
+        assert s["default"] == SETTINGS[s["name"]][1]
+        if s["type"] == "str":
+            assert s["default"] in s["choices"]
+
+
+def test_openapi_describes_every_route(app, client):
+    spec = client.get("/api/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        assert rule.rule in spec["paths"], rule.rule
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert method.lower() in spec["paths"][rule.rule], (rule.rule, method)
+
+
+def test_metrics_count_requests(client):
+    client.get("/healthz")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'ergo_http_requests_total{endpoint="healthz",method="GET",status="200"}' in text
+
+
+def test_secret_key_is_generated_once_and_kept_private(tmp_path):
+    key = secret_key(tmp_path, env={})
+    assert len(key) >= 32 and secret_key(tmp_path, env={}) == key
+    assert stat.S_IMODE((tmp_path / "secret.key").stat().st_mode) == 0o600
+    assert secret_key(tmp_path, env={"ERGO_SECRET_KEY": "e" * 40}) == "e" * 40
+    with pytest.raises(ErgoError, match="too short"):
+        secret_key(tmp_path, env={"ERGO_SECRET_KEY": "short"})
+
+
+def test_config_from_environment():
+    cfg = WebConfig.from_env({"ERGO_HISTORY_CAP": "12", "ERGO_RATE_LIMIT": "2 per second", "ERGO_SECURE_COOKIE": "yes"})
+    assert (cfg.history_cap, cfg.rate_limit, cfg.secure_cookie) == (12, "2 per second", True)
+    with pytest.raises(ErgoError, match="ERGO_HISTORY_TTL must be a whole number"):
+        WebConfig.from_env({"ERGO_HISTORY_TTL": "soon"})
+    with pytest.raises(ErgoError, match="ERGO_MAX_MESSAGE_CHARS must be positive"):
+        WebConfig.from_env({"ERGO_MAX_MESSAGE_CHARS": "0"})

@@ -1,0 +1,111 @@
+"""The Flask app factory: the chat page, the JSON API, and the guards around both (rate limits, body size,
+security headers, JSON errors that never carry a stack trace)."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from flask import Flask, jsonify, render_template, request, send_file
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import metrics
+from .api import api_blueprint
+from .config import WebConfig
+from .store import ConversationStore, connect
+
+log = logging.getLogger("ergo.web")
+HERE = Path(__file__).parent
+METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+def limits_storage(redis_url: str) -> str:
+    """Flask-Limiter spells a unix-socket Redis URL redis+unix://."""
+    return "redis+unix://" + redis_url[len("unix://"):] if redis_url.startswith("unix://") else redis_url
+
+
+def create_app(bundle_dir: Path, redis_url: str, secret_key: str, config: WebConfig | None = None) -> Flask:
+    """Load the bundle (once per gunicorn worker) and build the app around it and the Redis at redis_url."""
+    from ergo.chatbot import Chatbot  # here, not at import: the model loads in each worker, after fork
+
+    started = time.perf_counter()
+    config = config or WebConfig()
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY=secret_key, MAX_CONTENT_LENGTH=config.max_body_bytes,
+                      SESSION_COOKIE_NAME="ergo_conversation", SESSION_COOKIE_HTTPONLY=True,
+                      SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_SECURE=config.secure_cookie,
+                      PERMANENT_SESSION_LIFETIME=config.history_ttl)
+    if config.trusted_proxies:
+        n = config.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
+
+    bot = Chatbot.load(Path(bundle_dir))
+    bot.reply(["hello"])  # trace the default decoding graphs now, not on the first visitor's time
+    store = ConversationStore(connect(redis_url), config.history_cap, config.history_ttl)
+    limiter = Limiter(get_remote_address, app=app, storage_uri=limits_storage(redis_url),
+                      storage_options={"key_prefix": "ergo:limits", "socket_connect_timeout": 0.5,
+                                       "socket_timeout": 2.0},
+                      strategy="moving-window", headers_enabled=True,
+                      in_memory_fallback_enabled=True, swallow_errors=True)
+    app.register_blueprint(api_blueprint(bot, store, config, limiter.shared_limit(config.rate_limit, "writes")))
+    app.extensions["ergo"] = {"bot": bot, "store": store, "config": config}
+
+    @app.get("/")
+    def index():
+        return render_template("index.html", bot_name=bot.name, max_chars=config.max_message_chars)
+
+    @app.get("/healthz")
+    @limiter.exempt
+    def healthz():
+        redis_ok = store.ping()
+        return jsonify(status="ok" if redis_ok else "degraded", model_loaded=True, model=bot.name, redis=redis_ok)
+
+    @app.get("/metrics")
+    @limiter.exempt
+    def prometheus():
+        body, content_type = metrics.exposition()
+        return body, 200, {"Content-Type": content_type}
+
+    @app.get("/api/openapi.json")
+    def openapi():
+        return send_file(HERE / "openapi.json", mimetype="application/json")
+
+    @app.after_request
+    def guard(response):
+        h = response.headers
+        h["Content-Security-Policy"] = CSP
+        h["X-Content-Type-Options"] = "nosniff"
+        h["X-Frame-Options"] = "DENY"
+        h["Referrer-Policy"] = "no-referrer"
+        h["X-Ergo-Worker"] = str(os.getpid())  # which worker answered: shows the state is shared
+        if request.path.startswith("/api/"):
+            h["Cache-Control"] = "no-store"
+        method = request.method if request.method in METHODS else "OTHER"
+        metrics.REQUESTS.labels(request.endpoint or "none", method, response.status_code).inc()
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        message = e.description
+        if e.code == 429:
+            message = f"too many requests (limit: {e.description}); wait a moment and try again"
+        elif message == type(e).description:  # werkzeug's stock wording: say it in ours
+            message = {404: f"not found: {request.path}", 405: f"{request.method} is not allowed on {request.path}",
+                       413: f"request body too large: at most {config.max_body_bytes} bytes"}.get(e.code, message)
+        headers = [(k, v) for k, v in e.get_headers() if k.lower() != "content-type"]  # e.g. Allow
+        return jsonify(error=message), e.code, headers
+
+    @app.errorhandler(Exception)
+    def internal_error(e: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return jsonify(error="internal error; the server log has the details"), 500
+
+    log.info("worker ready: model %s loaded in %.1f s; Redis %s", bot.name, time.perf_counter() - started,
+             "reachable" if store.ping() else "unreachable (replying without context until it is back)")
+    return app

