@@ -1,4 +1,4 @@
-"""ErGo's one command. A thin layer over the ergo/ library: parse, call, print, exit.
+"""ErGo's one command. A thin layer over the ergo/ library (and web/ for --serve): parse, call, print.
 
 A user's mistake (a wrong path, a bad corpus, a mismatched checkpoint) ends with one line on stderr
 and exit status 2, never a traceback.
@@ -6,10 +6,13 @@ and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from ergo.errors import ErgoError
+
+ACTIONS = ("download", "preprocess", "train", "evaluate", "export", "chat", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fetch a corpus from its official address into corpora/NAME/ (cornell, ubuntu)")
     act.add_argument("--preprocess", action="store_true",
                      help="corpus -> tokens -> vocabulary -> pickled id sequences + word2vec")
+    act.add_argument("--train", action="store_true", help="train the seq2seq model (preprocesses first when needed)")
+    act.add_argument("--evaluate", action="store_true",
+                     help="perplexity, recall@k, distinct-n, BLEU, sample replies -> report.md in the bundle")
+    act.add_argument("--export", action="store_true", help="write a TensorFlow SavedModel for TF Serving")
+    act.add_argument("--chat", action="store_true", help="chat in the terminal (or answer piped lines)")
+    act.add_argument("--serve", action="store_true", help="serve the chat page at http://HOST:PORT/ (gunicorn)")
 
     data = p.add_argument_group("data")
     data.add_argument("--corpus", default="chitchat",
@@ -39,8 +48,45 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max-vocab", type=int, help="override the preset's vocabulary size")
     data.add_argument("--min-count", type=int, help="override the preset's minimum word count")
     data.add_argument("--context-turns", type=int, help="override the preset's context window (turns)")
-    data.add_argument("--workers", type=int, help="processes for tokenising (default: all cores)")
+    data.add_argument("--jobs", type=int, help="processes for tokenising (default: all cores)")
     data.add_argument("--force", action="store_true", help="rebuild preprocessed data even if up to date")
+
+    tr = p.add_argument_group("training")
+    tr.add_argument("--model-dir", type=Path,
+                    help="the run folder (default: checkpoints/CORPUS-PRESET); its best/ bundle is what "
+                         "--chat, --evaluate, --export and --serve use")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --model-dir where it stopped")
+    tr.add_argument("--epochs", type=int, help="override the preset's number of epochs")
+    tr.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    tr.add_argument("--learning-rate", type=float, help="override the preset's learning rate")
+    tr.add_argument("--lr-decay", type=float, help="multiply the learning rate by this after every epoch")
+    tr.add_argument("--patience", type=int, help="epochs without a better validation perplexity before stopping")
+    tr.add_argument("--hidden", type=int, help="override the preset's LSTM size")
+    tr.add_argument("--layers", type=int, help="override the preset's number of LSTM layers")
+    tr.add_argument("--attention", choices=("dot", "general", "additive"), help="override the attention kind")
+    tr.add_argument("--dropout", type=float, help="override the preset's dropout")
+    tr.add_argument("--sampled-softmax", type=int, metavar="N",
+                    help="train with N sampled classes instead of the full softmax (validation stays exact)")
+    tr.add_argument("--freeze-embeddings", action="store_true", default=None,
+                    help="keep the word2vec vectors fixed while training")
+    tr.add_argument("--no-word2vec", action="store_true",
+                    help="start the embeddings at random instead of from word2vec (for comparison)")
+    tr.add_argument("--mixed-precision", action="store_true", default=None, help="float16 compute on a GPU")
+
+    rep = p.add_argument_group("replies (--chat, --evaluate, --export)")
+    rep.add_argument("--mode", choices=("generate", "retrieve", "hybrid"), help="how replies are found")
+    rep.add_argument("--decoder", choices=("greedy", "beam", "sample"), help="how replies are generated")
+    rep.add_argument("--beam-size", type=int, help="beam width")
+    rep.add_argument("--temperature", type=float, help="sampling temperature")
+    rep.add_argument("--mmi", type=float, help="weight of the anti-generic (MMI) penalty, 0 to 1")
+    rep.add_argument("--blocklist", type=Path, help="a file of words/patterns never to say (default: ergo/blocklist.txt)")
+    rep.add_argument("--split", default="test", choices=("valid", "test"), help="the split --evaluate uses")
+    rep.add_argument("--export-dir", type=Path, help="where --export writes (default: MODEL_DIR/export)")
+
+    web = p.add_argument_group("web (--serve)")
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    web.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    web.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default: 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -51,6 +97,40 @@ def data_config(args):
                     context_turns=args.context_turns)
 
 
+def model_and_train_config(args):
+    from ergo.config import get_preset, override
+    preset = get_preset(args.preset)
+    model = override(preset.model, hidden=args.hidden, layers=args.layers, attention=args.attention,
+                     dropout=args.dropout, sampled_softmax=args.sampled_softmax,
+                     freeze_embeddings=args.freeze_embeddings)
+    train = override(preset.train, epochs=args.epochs, batch_size=args.batch_size,
+                     learning_rate=args.learning_rate, lr_decay=args.lr_decay, patience=args.patience,
+                     mixed_precision=args.mixed_precision)
+    return model, train
+
+
+def reply_settings(args) -> dict:
+    given = {"mode": args.mode, "decoder": args.decoder, "beam_size": args.beam_size,
+             "temperature": args.temperature, "mmi": args.mmi}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def corpus_name(args) -> str:
+    from ergo import corpora
+    return corpora.resolve(args.corpus, args.format, args.corpora_dir).name
+
+
+def bundle_dir(args) -> Path:
+    """The bundle the reply commands use: MODEL_DIR/best, or MODEL_DIR itself when it is a bundle."""
+    run_dir = args.model_dir or Path("checkpoints") / f"{corpus_name(args)}-{args.preset}"
+    if (run_dir / "best" / "config.json").is_file():
+        return run_dir / "best"
+    if (run_dir / "config.json").is_file():
+        return run_dir
+    raise ErgoError(f"no trained model in {run_dir}/: train one with `python main.py --train`"
+                    f"{' --preset ' + args.preset if args.preset != 'quick' else ''}, or pass --model-dir")
+
+
 def run(args) -> None:
     from ergo import corpora
     if args.download:
@@ -58,22 +138,62 @@ def run(args) -> None:
         folder = download(args.download, args.corpora_dir, progress=not args.quiet)
         print(f"{args.download} corpus ready in {folder}/ (preprocess it with "
               f"`python main.py --preprocess --corpus {args.download}`)")
-    if args.preprocess:
+    data = None
+    if args.preprocess or args.train:
         from ergo.dataset import describe, preprocess
         corpus = corpora.resolve(args.corpus, args.format, args.corpora_dir)
         out = args.data_dir or Path("data") / f"{corpus.name}-{args.preset}"
         data, reused = preprocess(corpus, data_config(args), out, embeddings=args.embeddings,
-                                  encoding=args.encoding, workers=args.workers, progress=not args.quiet,
+                                  encoding=args.encoding, workers=args.jobs, progress=not args.quiet,
                                   force=args.force)
         describe(data, reused)
+    if args.train:
+        from ergo.training import train
+        model_cfg, train_cfg = model_and_train_config(args)
+        run_dir = args.model_dir or Path("checkpoints") / f"{data.manifest['corpus']['name']}-{args.preset}"
+        state = train(data, model_cfg, train_cfg, run_dir, resume=args.resume, progress=not args.quiet,
+                      init_embeddings=not args.no_word2vec)
+        print(f"best model: {run_dir}/best/ (validation perplexity {state.best_valid_ppl:.2f} at epoch "
+              f"{state.best_epoch}); curves in {run_dir}/curves.png, TensorBoard: tensorboard --logdir {run_dir}/logs")
+    if args.evaluate:
+        from ergo.evaluation import evaluate, headline
+        bundle = bundle_dir(args)
+        report = evaluate(bundle, args.data_dir or _trained_on(bundle), args.split,
+                          log=lambda m: print(m, file=sys.stderr))
+        print(headline(report))
+        print(f"report: {bundle}/report.md and report.json")
+    if args.export:
+        from ergo.export import export
+        bundle = bundle_dir(args)
+        target = export(bundle, args.export_dir or bundle.parent / "export", reply_settings(args))
+        print(f"SavedModel written to {target}/; serve it with: docker run -p 8501:8501 "
+              f"-v {target.parent.resolve()}:/models/ergo -e MODEL_NAME=ergo tensorflow/serving")
+    if args.chat:
+        from ergo.chatbot import Chatbot
+        from ergo.terminal import chat
+        chat(Chatbot.load(bundle_dir(args), blocklist=args.blocklist), settings=reply_settings(args))
+    if args.serve:
+        from web.serve import run as serve
+        serve(bundle_dir(args), args.host, args.port, args.workers)
+
+
+def _trained_on(bundle: Path) -> Path:
+    """The data folder a bundle was trained on, as its metrics card records it."""
+    from ergo.bundle import Bundle
+    recorded = Bundle.load(bundle).card.get("data_dir")
+    if not recorded:
+        raise ErgoError(f"{bundle} does not say which data it was trained on: pass --data-dir")
+    return Path(recorded)
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides our output
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not (args.download or args.preprocess):
+    if not any(getattr(args, a) for a in ACTIONS):
         parser.print_usage(sys.stderr)
-        print("main.py: nothing to do: give --download NAME or --preprocess (see --help)", file=sys.stderr)
+        print(f"main.py: nothing to do: give one of {', '.join('--' + a for a in ACTIONS)} (see --help)",
+              file=sys.stderr)
         return 2
     try:
         run(args)

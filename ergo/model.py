@@ -125,15 +125,20 @@ class Seq2Seq(keras.Model):
             return features
         return self.output_layer(features)
 
-    def decode_step(self, prev_token, states, memory):
-        """One decoder step for a batch: prev_token [B] -> (logits [B, V], new states)."""
+    def decode_features(self, prev_token, states, memory):
+        """One decoder step up to the output projection: (features [B, hidden], new states), so that a
+        search can project onto a shortlist of the vocabulary instead of all of it."""
         x = self.dec_embedding(prev_token)
         new_states = []
         for lstm, (h, c) in zip(self.decoder, states):
             x, (h, c) = lstm.cell(x, [h, c])
             new_states.append((h, c))
-        features = self._attend(ops.expand_dims(x, 1), memory, training=False)
-        return self.output_layer(features)[:, 0], tuple(new_states)
+        return self._attend(ops.expand_dims(x, 1), memory, training=False)[:, 0], tuple(new_states)
+
+    def decode_step(self, prev_token, states, memory):
+        """One decoder step for a batch: prev_token [B] -> (logits [B, V], new states)."""
+        features, new_states = self.decode_features(prev_token, states, memory)
+        return self.output_layer(features), new_states
 
     # -- loss ------------------------------------------------------------------------------------
 

@@ -1,0 +1,109 @@
+"""Reply latency of `Chatbot.reply` (p50/p99 after warm-up): greedy, beam 5, beam 5 + MMI, retrieve, hybrid.
+
+Timing needs no training: the bundle has a preset's shape with random weights, and its retrieval
+index holds 100,000 random training pairs (about the size of the default corpus). Random weights
+almost never emit <eos>, so every reply runs the full max_len steps: the worst case. Each history
+is two turns of 12 random words (a context of about 25 tokens).
+
+    python bench/reply_latency.py [--preset base quick] [--replies 100] [--max-len 20] [--shortlist N]
+
+Figures depend on what else the machine runs: the load average is printed with them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+MODES = {
+    "greedy": dict(mode="generate", decoder="greedy", mmi=0.0),
+    "beam5": dict(mode="generate", decoder="beam", beam_size=5, mmi=0.0),
+    "beam5+mmi": dict(mode="generate", decoder="beam", beam_size=5, mmi=1.0),
+    "retrieve": dict(mode="retrieve", mmi=1.0, candidates=10),
+    "hybrid": dict(mode="hybrid", decoder="beam", beam_size=5, mmi=1.0, candidates=10),
+}
+INDEX_PAIRS = 100_000
+
+
+def random_bundle(preset_name: str, folder: Path, seed: int = 0):
+    """A bundle of the preset's shape with random weights and a random retrieval index."""
+    import keras
+    import numpy as np
+
+    from ergo.bundle import save_bundle
+    from ergo.config import get_preset
+    from ergo.model import build_seq2seq
+    from ergo.retrieval import build_index
+    from ergo.vocab import SPECIALS, Vocab
+
+    preset = get_preset(preset_name)
+    keras.utils.set_random_seed(seed)
+    vocab = Vocab(list(SPECIALS) + [f"w{i}" for i in range(preset.data.max_vocab - len(SPECIALS))])
+    model = build_seq2seq(preset.model, len(vocab), embedding_dim=preset.data.embedding_dim)
+    save_bundle(folder, model, preset.data, preset.model, vocab, {"note": "random weights, for timing"})
+    rng = np.random.default_rng(seed)
+    n_words = len(vocab)
+    split = {"context": [rng.integers(len(SPECIALS), n_words, rng.integers(5, preset.data.max_context_len),
+                                      dtype=np.int32) for _ in range(INDEX_PAIRS)],
+             "reply": [rng.integers(len(SPECIALS), n_words, rng.integers(1, preset.data.max_reply_len),
+                                    dtype=np.int32) for _ in range(INDEX_PAIRS)]}
+    embeddings = rng.normal(size=(n_words, preset.data.embedding_dim)).astype(np.float32)
+    build_index(SimpleNamespace(vocab=lambda: vocab, split=lambda _: split, embeddings=lambda: embeddings), folder)
+    return vocab
+
+
+def measure(preset: str, replies: int, max_len: int, shortlist: int | None) -> None:
+    import numpy as np
+
+    from ergo.chatbot import Chatbot
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = random_bundle(preset, Path(tmp) / "bundle")
+        bot = Chatbot.load(Path(tmp) / "bundle", shortlist=shortlist)
+        rng = np.random.default_rng(1)
+        histories = [[" ".join(rng.choice(vocab.words[5:], 12)) for _ in range(2)] for _ in range(replies)]
+        sl = bot.decoder.shortlist_size
+        print(f"\n{preset}: {bot.model.cfg.layers}x{bot.model.cfg.hidden} LSTM, vocabulary {len(vocab):,}, "
+              f"shortlist {sl or 'none (full softmax)'}; {replies} replies of {max_len} tokens each; "
+              f"load average {os.getloadavg()[0]:.1f}")
+        print(f"{'mode':10} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'tokens':>7}")
+        for name, settings in MODES.items():
+            settings = dict(settings, max_len=max_len, min_len=max_len // 2)
+            for history in histories[:3]:
+                bot.reply(history, **settings)  # warm-up: traces the searches
+            times, lengths = [], []
+            for history in histories:
+                start = time.perf_counter()
+                reply = bot.reply(history, **settings)
+                times.append((time.perf_counter() - start) * 1000)
+                lengths.append(len(reply.tokens))
+            p99 = float(np.percentile(times, 99))
+            print(f"{name:10} {statistics.median(times):8.1f} {p99:8.1f} {statistics.fmean(times):8.1f} "
+                  f"{statistics.fmean(lengths):7.1f}", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", nargs="+", default=["base", "quick"])
+    p.add_argument("--replies", type=int, default=100)
+    p.add_argument("--max-len", type=int, default=20)
+    p.add_argument("--shortlist", type=int, help="words in a reply's shortlist (0: full softmax; "
+                                                  "default: ergo.decoding's rule)")
+    args = p.parse_args()
+    import keras
+    print(f"backend {keras.backend.backend()}, {os.cpu_count()} CPUs")
+    for preset in args.preset:
+        measure(preset, args.replies, args.max_len, args.shortlist)
+
+
+if __name__ == "__main__":
+    main()

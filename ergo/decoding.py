@@ -1,0 +1,464 @@
+"""Turning a context into candidate replies with a trained Seq2Seq, and scoring given replies.
+
+Searches: beam search (greedy is a beam of one) and sampling (temperature, top-k, top-p, seeded).
+Each search is ONE compiled function with the whole loop inside (tf.function on TensorFlow, traced
+once per shape of search): the encoder runs once, each step is one batched decoder step for the
+whole beam, and the loop stops as soon as the live hypotheses stop beating the finished ones. A
+Python-level predict() per step would cost more than the step itself. The loop is written in
+keras.ops, so on the jax and torch backends the same code runs eagerly.
+
+Never emitted: <pad>, <unk>, <go>, <sep>, any `banned` id (the safety filter's words), <eos> before
+`min_len`, a token that would repeat an n-gram of the reply (`no_repeat_ngram`) or of the context
+(`block_context_ngram`).
+
+A step's cost is mostly reading the output projection (hidden x vocabulary). With a `shortlist`
+(vocabulary selection, for vocabularies over 2 x SHORTLIST words), a reply is chosen among the
+SHORTLIST most frequent words (ids run by falling frequency), the context's words and the words of
+any other candidate: the projection shrinks to those columns and the softmax is over them.
+
+Ranking needs more than the search: log p(reply | context) of replies found elsewhere (retrieval)
+and, for MMI-antiLM reranking (Li et al. 2016), log p(reply | empty context) of every candidate.
+A search computes both in the same compiled call (`also=`, `anti_lm=`): after the search loop, one
+teacher-forced loop over all of them, so the context is encoded once per reply. `score` does the
+same for batches of any contexts (evaluation: recall@k, always over the full vocabulary).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from .batching import pad
+from .vocab import EOS_ID, GO_ID, PAD_ID, SEP_ID, UNK_ID
+
+NEVER = (PAD_ID, UNK_ID, GO_ID, SEP_ID)
+EMPTY_CONTEXT = np.array([PAD_ID], dtype=np.int32)  # encodes to zero states: the decoder as a plain LM
+SHORTLIST = 4000   # frequent words every reply may use when the vocabulary is shortlisted
+_NEG = float("-inf")
+
+
+@dataclass
+class Candidate:
+    ids: list[int]      # reply ids, without <eos>
+    logp: float         # log p(ids [+ <eos>] | context) under the model
+    ended: bool         # True: the reply ended with <eos> (False: cut at max_len)
+    anti: float = 0.0   # log p(ids [+ <eos>] | empty context), when asked for (MMI's anti-LM)
+
+    @property
+    def n_tokens(self) -> int:
+        """Target tokens the log-probability covers (the reply, and <eos> when it ended)."""
+        return len(self.ids) + int(self.ended)
+
+
+def length_penalty(n_tokens, alpha: float):
+    """n ** alpha: alpha 0 ranks by total log-probability (short replies win), alpha 1 by the mean
+    log-probability per token. Works on numbers and on tensors."""
+    return n_tokens ** alpha
+
+
+def _compile(fn, signature):
+    """One trace per search shape on TensorFlow (no autograph: the loops are explicit while_loops); the
+    other backends run the loop eagerly."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        specs = [tf.TensorSpec(shape, dtype) for shape, dtype in signature]
+        return tf.function(fn, input_signature=specs, reduce_retracing=True, autograph=False)
+    return fn
+
+
+def _uniform(shape, seed, step):
+    """Uniform noise in (0, 1) from a (seed, step) pair: the same seed gives the same samples."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+        return tf.random.stateless_uniform(shape, seed=ops.stack([seed, step]), minval=1e-7, maxval=1.0)
+    if backend == "jax":
+        import jax
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), step)
+        return jax.random.uniform(key, shape, minval=1e-7, maxval=1.0)
+    rng = np.random.default_rng([int(seed), int(step)])
+    return ops.convert_to_tensor(rng.uniform(1e-7, 1.0, size=tuple(int(s) for s in shape)).astype("float32"))
+
+
+def _map_states(states, fn):
+    return tuple(tuple(fn(s) for s in layer) for layer in states)
+
+
+class Decoder:
+    """Compiled searches and scoring for one Seq2Seq; `banned` ids are never generated.
+
+    `shortlist`: the number of frequent words of a reply's shortlist; None picks SHORTLIST for a
+    vocabulary over 2 x SHORTLIST words and the full vocabulary otherwise; 0 never shortlists.
+    """
+
+    def __init__(self, model, banned: Sequence[int] = (), shortlist: int | None = None):
+        self.model = model
+        self.vocab_size = int(model.vocab_size)
+        self.banned = np.unique(np.asarray([*NEVER, *banned], dtype=np.int32))
+        if shortlist is None:
+            shortlist = SHORTLIST if self.vocab_size > 2 * SHORTLIST else 0
+        self.shortlist_size = shortlist if 0 < shortlist < self.vocab_size else 0
+        self._searches: dict = {}
+        self._scores: dict = {}
+        self._kernel_rows = None  # the output kernel transposed, for fast shortlist gathers
+        if self.shortlist_size:
+            kernel = model.output_layer.kernel
+            self._kernel_rows = keras.Variable(ops.transpose(kernel), trainable=False, name="output_kernel_rows")
+
+    def shortlist(self, context: np.ndarray, *others: Sequence[int]) -> np.ndarray | None:
+        """The ids a reply to `context` may use (None: all): the frequent words, <eos>, the context's
+        words and those of `others` (candidates that must be scored on the same terms)."""
+        if not self.shortlist_size:
+            return None
+        extra = [np.asarray(o, np.int32) for o in others if len(o)]
+        return np.unique(np.concatenate([np.arange(self.shortlist_size, dtype=np.int32), [EOS_ID],
+                                         np.asarray(context, np.int32), *extra]))
+
+    # -- public searches -------------------------------------------------------------------------
+    # Each returns the search's candidates, then the `also` candidates (replies found elsewhere, e.g.
+    # retrieved) with their log p(reply | context) filled in, in their order: one compiled call
+    # encodes the context once for both. With anti_lm, every candidate's `anti` (log p(reply | empty
+    # context)) is filled in by the same call.
+
+    def beam(self, context: np.ndarray, *, beam_size: int = 5, max_len: int = 20, min_len: int = 1,
+             length_penalty: float = 1.0, no_repeat_ngram: int = 3, block_context_ngram: int = 0,
+             shortlist: np.ndarray | None = None, anti_lm: bool = False,
+             also: Sequence[Candidate] = ()) -> list[Candidate]:
+        """The n-best (up to `beam_size`), best first by log p / length_penalty(n_tokens)."""
+        fn = self._search("beam", beam_size, max_len, no_repeat_ngram, block_context_ngram, shortlist is not None,
+                          anti_lm, bool(also))
+        return self._run(fn, also, self._context(context), np.int32(min_len), np.float32(length_penalty),
+                         self.banned, _targets([c.ids for c in also], [c.ended for c in also]), *self._ids(shortlist))
+
+    def greedy(self, context: np.ndarray, *, max_len: int = 20, min_len: int = 1, no_repeat_ngram: int = 3,
+               block_context_ngram: int = 0, shortlist: np.ndarray | None = None, anti_lm: bool = False,
+               also: Sequence[Candidate] = ()) -> list[Candidate]:
+        """The most likely token at each step: a beam of one, ranked by total log-probability."""
+        return self.beam(context, beam_size=1, max_len=max_len, min_len=min_len, length_penalty=0.0,
+                         no_repeat_ngram=no_repeat_ngram, block_context_ngram=block_context_ngram,
+                         shortlist=shortlist, anti_lm=anti_lm, also=also)
+
+    def sample(self, context: np.ndarray, *, samples: int = 1, max_len: int = 20, min_len: int = 1,
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+               no_repeat_ngram: int = 3, block_context_ngram: int = 0, shortlist: np.ndarray | None = None,
+               anti_lm: bool = False, also: Sequence[Candidate] = ()) -> list[Candidate]:
+        """`samples` independent replies, in the order drawn; top_k 0 and top_p 1 mean no cut-off.
+        Each candidate's logp is under the model itself, not the tempered distribution."""
+        k = min(top_k, self.shortlist_size if shortlist is not None else self.vocab_size) if top_k > 0 else 0
+        fn = self._search("sample", samples, max_len, no_repeat_ngram, block_context_ngram, shortlist is not None,
+                          anti_lm, bool(also), k)
+        return self._run(fn, also, self._context(context), np.int32(min_len), np.float32(temperature),
+                         np.float32(top_p), np.int32(seed % 2**31), self.banned,
+                         _targets([c.ids for c in also], [c.ended for c in also]), *self._ids(shortlist))
+
+    def rescore(self, context: np.ndarray, candidates: Sequence[Candidate], *, shortlist: np.ndarray | None = None,
+                anti_lm: bool = False) -> list[Candidate]:
+        """The candidates with log p(reply | context) (and with anti_lm their `anti`) filled in, by one
+        compiled call that encodes the context once (no search)."""
+        if not candidates:
+            return []
+        key = ("rescore", shortlist is not None, anti_lm)
+        if key not in self._searches:
+            sig = [([None], "int32"), ([None], "int32"), ([None, None], "int32")] + [([None], "int32")] * (key[1])
+            self._searches[key] = _compile(functools.partial(self._rescore_graph, anti_lm=anti_lm), sig)
+        return self._run(self._searches[key], candidates, self._context(context), self.banned,
+                         _targets([c.ids for c in candidates], [c.ended for c in candidates]), *self._ids(shortlist))
+
+    def score(self, contexts: Sequence[np.ndarray], replies: Sequence[Sequence[int]],
+              ended: Sequence[bool] | None = None, shortlist: np.ndarray | None = None) -> np.ndarray:
+        """log p(reply [+ <eos>] | context) for each (context, reply) pair, in batches of any contexts
+        (evaluation); with a shortlist (which must hold every reply's words), the softmax is over it."""
+        if not len(replies):
+            return np.zeros(0)
+        ended = [True] * len(replies) if ended is None else ended
+        go, eos = np.array([GO_ID], np.int32), np.array([EOS_ID], np.int32)
+        replies = [np.asarray(r, dtype=np.int32) for r in replies]
+        dec_in = pad([np.concatenate([go, r if e else r[:-1]]) for r, e in zip(replies, ended)])
+        target = pad([np.concatenate([r, eos]) if e else r for r, e in zip(replies, ended)], width=dec_in.shape[1])
+        enc = pad([c if len(c) else EMPTY_CONTEXT for c in contexts])
+        short = shortlist is not None
+        if short not in self._scores:
+            sig = [([None, None], "int32")] * 3 + [([None], "int32")] * short
+            self._scores[short] = _compile(self._score_graph, sig)
+        return ops.convert_to_numpy(self._scores[short](enc, dec_in, target, *self._ids(shortlist))).astype(np.float64)
+
+    # -- compiled pieces -------------------------------------------------------------------------
+
+    @staticmethod
+    def _ids(shortlist) -> tuple:
+        return () if shortlist is None else (np.asarray(shortlist, np.int32),)
+
+    def _context(self, context: np.ndarray) -> np.ndarray:
+        context = np.asarray(context, dtype=np.int32)
+        return context if len(context) else EMPTY_CONTEXT
+
+    @staticmethod
+    def _run(fn, also, *args) -> list[Candidate]:
+        """Call a compiled search: its candidates (empty slots left out), then `also` with scores."""
+        tokens, lengths, logp, ended, anti, also_logp, also_anti = (ops.convert_to_numpy(x) for x in fn(*args))
+        found = [Candidate([int(i) for i in row[:n]], float(lp), bool(e), float(a))
+                 for row, n, lp, e, a in zip(tokens, lengths, logp, ended, anti) if np.isfinite(lp)]
+        return found + [Candidate(c.ids, float(lp), c.ended, float(a)) for c, lp, a in zip(also, also_logp, also_anti)]
+
+    def _search(self, kind: str, width: int, max_len: int, n_rep: int, n_ctx: int, short: bool, anti_lm: bool,
+                has_also: bool, top_k: int = 0):
+        """The compiled search for one static shape (a partial, so that TensorFlow's retracing
+        warning counts each shape apart instead of all of them as one function)."""
+        key = (kind, width, max_len, n_rep, n_ctx, short, anti_lm, has_also, top_k)
+        if key not in self._searches:
+            shape = dict(width=width, max_len=max_len, n_rep=n_rep, n_ctx=n_ctx, anti_lm=anti_lm, has_also=has_also)
+            if kind == "beam":
+                fn = functools.partial(self._beam_graph, **shape)
+                sig = [([None], "int32"), ([], "int32"), ([], "float32")]
+            else:
+                fn = functools.partial(self._sample_graph, top_k=top_k, **shape)
+                sig = [([None], "int32"), ([], "int32"), ([], "float32"), ([], "float32"), ([], "int32")]
+            sig += [([None], "int32"), ([None, None], "int32")] + [([None], "int32")] * short
+            self._searches[key] = _compile(fn, sig)
+        return self._searches[key]
+
+    def _projection(self, ids):
+        """(kernel, bias) of the output layer, restricted to the shortlist's columns if there is one
+        (gathered as rows of a transposed copy: a column gather of the kernel is 3 times slower)."""
+        kernel, bias = self.model.output_layer.kernel, self.model.output_layer.bias
+        if ids is None:
+            return kernel, bias
+        rows = self._kernel_rows if self._kernel_rows is not None else ops.transpose(kernel)
+        return ops.transpose(ops.take(rows, ids, axis=0)), ops.take(bias, ids)
+
+    def _tile_rows(self, memory, states, n_context, n_empty):
+        """Memory and states for n_context rows of the encoded context, then n_empty rows of an empty
+        one: a context of padding only encodes to zeros (zero states, outputs and mask)."""
+        def rows(x):
+            return ops.concatenate([ops.repeat(x, n_context, axis=0), ops.repeat(ops.zeros_like(x), n_empty, axis=0)], 0)
+        return tuple(rows(m) for m in memory), _map_states(states, rows)
+
+    def _step_logp(self, prev, states, memory, projection, space, tokens, t, min_len, ctx_ngrams, n_rep):
+        """One decoder step for every hypothesis -> (log-probabilities [W, S] over the shortlist, or
+        [W, V], with the forbidden tokens at -inf; new states). `space` holds what `_space` made."""
+        logp, states = self._step(prev, states, memory, projection)
+        blocked, eos, position = space
+        never = ops.logical_or(blocked, ops.logical_and(eos, t < min_len))[None, :]
+        if n_rep or ctx_ngrams is not None:
+            never = ops.logical_or(never, self._ngram_bans(tokens, t, n_rep, ctx_ngrams, position,
+                                                           ops.shape(logp)[-1]))
+        return ops.where(never, _NEG, logp), states
+
+    def _space(self, banned, ids):
+        """What the steps' masks need once per reply, in the output's space (shortlist or vocabulary):
+        the banned tokens, where <eos> is, and the map from word id to column (None: the identity)."""
+        blocked = ops.scatter(banned[:, None], ops.ones_like(banned, dtype="float32"), (self.vocab_size,)) > 0
+        if ids is None:
+            return blocked, ops.arange(self.vocab_size) == EOS_ID, None
+        position = ops.scatter(ids[:, None], ops.arange(ops.shape(ids)[0]), (self.vocab_size,))
+        return ops.take(blocked, ids), ids == EOS_ID, position
+
+    def _step(self, prev, states, memory, projection):
+        features, states = self.model.decode_features(prev, states, memory)
+        kernel, bias = projection
+        logits = ops.matmul(features, ops.cast(kernel, features.dtype)) + ops.cast(bias, features.dtype)
+        return ops.log_softmax(ops.cast(logits, "float32"), axis=-1), states
+
+    def _ngram_bans(self, tokens, t, n_rep, ctx_ngrams, position, size):
+        """[W, size] True where the token would complete an n-gram already in the reply (size n_rep)
+        or in the context (windows precomputed by `_context_ngrams`); `position` maps word ids to
+        columns of a shortlist (None: columns are word ids)."""
+        width, max_len = tokens.shape
+        rows, cols, hits = [], [], []
+        for n, grams in ((n_rep, None), (0, ctx_ngrams)):
+            if grams is None and (not n or max_len < n):
+                continue
+            if grams is None:  # windows of the reply so far: starts j with j + n - 1 <= t - 1
+                starts = np.arange(max_len - n + 1)
+                windows = ops.take(tokens, starts[:, None] + np.arange(n - 1)[None, :], axis=1)  # [W, J, n-1]
+                follow = ops.take(tokens, starts + n - 1, axis=1)                                # [W, J]
+                valid = (ops.arange(len(starts)) <= t - n)[None, :]
+            else:
+                windows, follow = grams
+                n = windows.shape[-1] + 1
+                windows, follow = windows[None], ops.repeat(follow[None], width, axis=0)
+                valid = t >= n - 1
+            prefix = ops.take(tokens, ops.clip(t - n + 1 + np.arange(n - 1), 0, max_len - 1), axis=1)  # [W, n-1]
+            match = ops.logical_and(ops.all(windows == prefix[:, None, :], axis=-1), valid)            # [W, J]
+            rows.append(ops.broadcast_to(ops.arange(width)[:, None], ops.shape(follow)))
+            cols.append(follow)
+            hits.append(match)
+        if not rows:
+            return ops.zeros((width, size), dtype="bool")
+        cols = ops.concatenate([ops.reshape(c, (-1,)) for c in cols], 0)
+        index = ops.stack([ops.concatenate([ops.reshape(r, (-1,)) for r in rows], 0),
+                           cols if position is None else ops.take(position, cols)], axis=1)
+        counts = ops.scatter(index, ops.concatenate([ops.reshape(ops.cast(h, "float32"), (-1,)) for h in hits], 0),
+                             (width, size))
+        return counts > 0
+
+    def _context_ngrams(self, ctx, n):
+        """(windows [J, n-1], following token [J]) of every n-gram in the context, or None."""
+        if not n:
+            return None
+        starts = ops.arange(ops.maximum(ops.shape(ctx)[0] - n + 1, 0))
+        return ops.take(ctx, starts[:, None] + np.arange(n - 1)[None, :]), ops.take(ctx, starts + n - 1)
+
+    def _searched(self, ctx, banned, also, ids, width, anti_lm, has_also, search):
+        """Encode once, run `search(memory, states, space, projection)` -> (tokens, lengths, logp,
+        ended) of `width` candidates, then teacher-force in one more loop what the ranking needs: the
+        `also` targets under the context, and with anti_lm the candidates and the `also` targets under
+        an empty context. Returns the search's four, then anti [width], also_logp, also_anti [M]."""
+        memory, states = self.model.encode(ctx[None, :])
+        projection = self._projection(ids)
+        tokens, lengths, logp, ended = search(*self._tile_rows(memory, states, width, 0), self._space(banned, ids),
+                                              projection)
+        none = ops.zeros((0,), "float32")
+        anti, also_logp, also_anti = ops.zeros((width,), "float32"), none, none
+        if not (anti_lm or has_also):
+            return tokens, lengths, logp, ended, anti, also_logp, also_anti
+        n_also = ops.shape(also)[0] if has_also else 0
+        under_context = [also] if has_also else []
+        under_empty = []
+        if anti_lm:  # the candidates, with <eos> where they ended
+            eos_at = ops.logical_and(ops.arange(tokens.shape[1] + 1)[None, :] == lengths[:, None], ended[:, None])
+            under_empty = [ops.where(eos_at, EOS_ID, ops.pad(tokens, [(0, 0), (0, 1)]))] + under_context
+        targets = under_context + under_empty
+        longest = ops.max(ops.stack([ops.shape(t)[1] for t in targets]))
+        targets = ops.concatenate([ops.pad(t, [(0, 0), (0, longest - ops.shape(t)[1])]) for t in targets], 0)
+        n_empty = (width + n_also) if anti_lm else 0
+        sums = self._forced(*self._tile_rows(memory, states, n_also, n_empty), targets, projection, ids)
+        if has_also:
+            also_logp = sums[:n_also]
+        if anti_lm:
+            anti = sums[n_also:n_also + width]
+            if has_also:
+                also_anti = sums[n_also + width:]
+        return tokens, lengths, logp, ended, anti, also_logp, also_anti
+
+    def _forced(self, memory, states, targets, projection, ids):
+        """Sum of log p(target) of each row [R, T] (<pad> targets count for nothing), teacher-forced."""
+        real = targets != PAD_ID
+        if ids is not None:  # target ids -> their columns in the shortlist
+            targets = ops.take(ops.scatter(ids[:, None], ops.arange(ops.shape(ids)[0]), (self.vocab_size,)), targets)
+        n_rows = ops.shape(targets)[0]
+
+        def body(t, prev, states, total):
+            logp, states = self._step(prev, states, memory, projection)
+            column = ops.take(targets, t, axis=1)
+            picked = ops.take_along_axis(logp, column[:, None], axis=1)[:, 0]
+            total = total + ops.where(ops.take(real, t, axis=1), picked, 0.0)
+            return t + 1, ops.take(ids, column) if ids is not None else column, states, total
+
+        loop = (ops.convert_to_tensor(0, "int32"), ops.full((n_rows,), GO_ID, "int32"), states,
+                ops.zeros((n_rows,), "float32"))
+        return ops.while_loop(lambda t, *_: t < ops.shape(targets)[1], body, loop)[3]
+
+    def _beam_graph(self, ctx, min_len, alpha, banned, also, ids=None, *, width, max_len, n_rep, n_ctx,
+                    anti_lm, has_also):
+        """Beam search with a buffer of the `width` best finished hypotheses; a hypothesis reaching
+        max_len counts as finished (cut). Stops once the buffer is full and the best live hypothesis,
+        scored at its current length, does not beat the worst finished one (exact for alpha 0; for
+        alpha > 0 the usual heuristic: a bound at max_len would keep every search to max_len)."""
+        ctx_ngrams = self._context_ngrams(ctx, n_ctx)
+        v = self.vocab_size if ids is None else ops.shape(ids)[0]
+        k2 = min(2 * width, self.vocab_size)
+        positions = ops.arange(max_len)[None, :]
+        neg = ops.full((width,), _NEG, "float32")
+
+        def search(memory, states, space, projection):
+            def body(t, prev, states, tokens, cum, f_tokens, f_len, f_logp, f_score, f_ended, done):
+                logp, states = self._step_logp(prev, states, memory, projection, space, tokens, t, min_len,
+                                               ctx_ngrams, n_rep)
+                val, flat = ops.top_k(ops.reshape(cum[:, None] + logp, (-1,)), k2)
+                src, tok = flat // v, flat % v
+                if ids is not None:
+                    tok = ops.take(ids, tok)
+                is_eos = tok == EOS_ID
+                grown = ops.take(tokens, src, axis=0)
+                grown = ops.where(ops.logical_and(positions == t, ~is_eos[:, None]), tok[:, None], grown)
+                ends = ops.logical_or(is_eos, t == max_len - 1)
+                score = ops.where(ends, val / length_penalty(ops.cast(t + 1, "float32"), alpha), _NEG)
+                f_score, pick = ops.top_k(ops.concatenate([f_score, score], 0), width)
+                f_tokens = ops.take(ops.concatenate([f_tokens, grown], 0), pick, axis=0)
+                f_len = ops.take(ops.concatenate([f_len, ops.where(is_eos, t, t + 1)], 0), pick)
+                f_logp = ops.take(ops.concatenate([f_logp, val], 0), pick)
+                f_ended = ops.take(ops.concatenate([f_ended, is_eos], 0), pick)
+                cum, keep = ops.top_k(ops.where(is_eos, _NEG, val), width)
+                states = _map_states(states, lambda s: ops.take(s, ops.take(src, keep), axis=0))
+                best_now = ops.max(cum) / length_penalty(ops.cast(t + 1, "float32"), alpha)
+                done = ops.logical_or(ops.max(cum) == _NEG, ops.logical_and(ops.min(f_score) > _NEG,
+                                                                             best_now <= ops.min(f_score)))
+                return (t + 1, ops.take(tok, keep), states, ops.take(grown, keep, axis=0), cum,
+                        f_tokens, f_len, f_logp, f_score, f_ended, done)
+
+            loop = (ops.convert_to_tensor(0, "int32"),
+                    ops.full((width,), GO_ID, "int32"),                                   # previous token
+                    states,
+                    ops.zeros((width, max_len), "int32"),                                 # live tokens
+                    ops.concatenate([ops.zeros((1,), "float32"), neg[1:]], 0),            # live log p
+                    ops.zeros((width, max_len), "int32"), ops.zeros((width,), "int32"),   # finished: tokens, length
+                    neg, neg, ops.zeros((width,), "bool"),                                # log p, score, ended
+                    ops.convert_to_tensor(False))
+            out = ops.while_loop(lambda t, *rest: ops.logical_and(t < max_len, ~rest[-1]), body, loop)
+            return out[5], out[6], out[7], out[9]
+
+        return self._searched(ctx, banned, also, ids, width, anti_lm, has_also, search)
+
+    def _sample_graph(self, ctx, min_len, temperature, top_p, seed, banned, also, ids=None, *, width, max_len,
+                      n_rep, n_ctx, anti_lm, has_also, top_k):
+        """`width` independent samples: at each step keep the top_k tokens (0: all), then the smallest
+        set of them whose probability reaches top_p, and draw by the Gumbel-max trick."""
+        ctx_ngrams = self._context_ngrams(ctx, n_ctx)
+        positions = ops.arange(max_len)[None, :]
+
+        def search(memory, states, space, projection):
+            def body(t, prev, states, tokens, total, length, ended):
+                logp, states = self._step_logp(prev, states, memory, projection, space, tokens, t, min_len,
+                                               ctx_ngrams, n_rep)
+                vals, idx = ops.top_k(logp / temperature, top_k or ops.shape(logp)[-1])
+                probs = ops.exp(vals - ops.logsumexp(vals, axis=-1, keepdims=True))
+                vals = ops.where(ops.cumsum(probs, axis=-1) - probs < top_p, vals, _NEG)
+                gumbel = -ops.log(-ops.log(_uniform(ops.shape(vals), seed, t)))
+                pos = ops.take_along_axis(idx, ops.argmax(vals + gumbel, axis=-1)[:, None], axis=1)[:, 0]
+                tok_logp = ops.take_along_axis(logp, pos[:, None], axis=1)[:, 0]
+                tok = pos if ids is None else ops.take(ids, pos)
+                total = total + ops.where(ended, 0.0, tok_logp)
+                is_eos = ops.logical_and(tok == EOS_ID, ~ended)
+                writes = ops.logical_and(~ended, ~is_eos)
+                tokens = ops.where(ops.logical_and(positions == t, writes[:, None]), tok[:, None], tokens)
+                length = length + ops.cast(writes, "int32")
+                ended = ops.logical_or(ended, is_eos)
+                return t + 1, tok, states, tokens, total, length, ended
+
+            loop = (ops.convert_to_tensor(0, "int32"), ops.full((width,), GO_ID, "int32"), states,
+                    ops.zeros((width, max_len), "int32"), ops.zeros((width,), "float32"),
+                    ops.zeros((width,), "int32"), ops.zeros((width,), "bool"))
+            out = ops.while_loop(lambda t, *rest: ops.logical_and(t < max_len, ~ops.all(rest[-1])), body, loop)
+            return out[3], out[5], out[4], out[6]
+
+        return self._searched(ctx, banned, also, ids, width, anti_lm, has_also, search)
+
+    def _rescore_graph(self, ctx, banned, also, ids=None, *, anti_lm):
+        def no_search(memory, states, space, projection):
+            return (ops.zeros((0, 1), "int32"), ops.zeros((0,), "int32"), ops.zeros((0,), "float32"),
+                    ops.zeros((0,), "bool"))
+        return self._searched(ctx, banned, also, ids, 0, anti_lm, True, no_search)
+
+    def _score_graph(self, enc, dec_in, target, ids=None):
+        features = self.model.features(enc, dec_in)
+        kernel, bias = self._projection(ids)
+        logits = ops.cast(ops.matmul(features, ops.cast(kernel, features.dtype)) + ops.cast(bias, features.dtype),
+                          "float32")
+        real = target != PAD_ID
+        if ids is not None:  # target ids -> their columns in the shortlist
+            target = ops.take(ops.scatter(ids[:, None], ops.arange(ops.shape(ids)[0]), (self.vocab_size,)), target)
+        picked = ops.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
+        tok_logp = picked - ops.logsumexp(logits, axis=-1)
+        return ops.sum(ops.where(real, tok_logp, 0.0), axis=-1)
+
+
+def _targets(replies: Sequence[Sequence[int]], ended: Sequence[bool]) -> np.ndarray:
+    """[M, T] teacher-forcing targets: each reply, then <eos> if it ended; <pad> after."""
+    if not len(replies):
+        return np.zeros((0, 1), np.int32)
+    return pad([np.asarray(list(r) + [EOS_ID] * bool(e), np.int32) for r, e in zip(replies, ended)])

@@ -1,0 +1,203 @@
+"""The evaluation report of a bundle on a split of its data: report.json and report.md in the bundle.
+
+- perplexity of the split (exact softmax, as in training);
+- recall@1/2/5 of 10: the true reply against 9 random replies of the same split, ranked by
+  log p(reply | context), by its mean per word, and by the chatbot's MMI ranking;
+- for each decoding mode: distinct-1/2 (distinct n-grams over all n-grams of the generated replies,
+  Li et al. 2016), BLEU-4 against the references (nltk, smoothing method 1), the generic-reply rate
+  (share of replies among the 10 most frequent replies of the training split), average length and
+  time per reply; the references' own figures beside them;
+- sample replies to a fixed list of prompts, for each mode.
+Random choices are seeded, so a report is reproducible.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
+
+from .batching import BatchIterator
+from .bundle import Bundle
+from .chatbot import SETTINGS, Chatbot
+from .dataset import PreparedData
+from .decoding import EMPTY_CONTEXT
+from .errors import ErgoError
+from .files import atomic_write_text
+from .model import perplexity
+from .retrieval import INDEX_FILE, build_index, vocab_digest
+from .text import detokenize
+
+PROMPTS = ("hi! how are you?", "what do you do for a living?", "where are you from?", "do you have any pets?",
+           "what did you do this weekend?", "i'm so tired today.", "what's your favorite movie?",
+           "do you like music?", "tell me something about yourself.", "i just got a new job!")
+
+# name -> settings; every other setting keeps its default (the defaults are marked in the report)
+MODES = {
+    "greedy": dict(mode="generate", decoder="greedy", mmi=0.0),
+    "beam": dict(mode="generate", decoder="beam", mmi=0.0),
+    "beam+mmi": dict(mode="generate", decoder="beam"),
+    "sample": dict(mode="generate", decoder="sample", mmi=0.0),
+    "retrieve": dict(mode="retrieve"),
+    "hybrid": dict(mode="hybrid"),
+}
+RECALL_AT = (1, 2, 5)
+CANDIDATES = 10
+SCORE_BATCH = 200
+
+
+def distinct(replies: list[list[str]], n: int) -> float:
+    grams = [tuple(r[i:i + n]) for r in replies for i in range(len(r) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def _generation_metrics(replies: list[list[str]], references: list[list[str]] | None, generic: set) -> dict:
+    out = {"distinct_1": distinct(replies, 1), "distinct_2": distinct(replies, 2),
+           "generic_rate": float(np.mean([tuple(r) in generic for r in replies])) if replies else 0.0,
+           "avg_length": float(np.mean([len(r) for r in replies])) if replies else 0.0}
+    if references is not None:
+        out["bleu"] = corpus_bleu([[ref] for ref in references], replies,
+                                  smoothing_function=SmoothingFunction().method1)
+    return out
+
+
+def _score_all(bot: Chatbot, contexts: list, replies: list) -> np.ndarray:
+    return np.concatenate([bot.decoder.score(contexts[i:i + SCORE_BATCH], replies[i:i + SCORE_BATCH])
+                           for i in range(0, len(replies), SCORE_BATCH)]) if replies else np.zeros(0)
+
+
+def recall_at_k(bot: Chatbot, split: dict, n: int, mmi: float, rng: np.random.Generator) -> dict:
+    """Recall@k of 10 over n random pairs, scored three ways: log p(r|c); its mean per word; and the
+    chatbot's MMI ranking, the mean per word minus mmi * the anti-LM's mean (ergo/chatbot.py)."""
+    pool = rng.choice(len(split["reply"]), size=min(n, len(split["reply"])), replace=False)
+    replies = [split["reply"][i] for i in pool]
+    if len({tuple(r) for r in replies}) < CANDIDATES:
+        raise ErgoError(f"recall@k needs {CANDIDATES} different replies in the split; it has fewer")
+    rows, contexts, options = [], [], []
+    for a, i in enumerate(pool):
+        others = [b for b in rng.permutation(len(pool)) if tuple(replies[b]) != tuple(replies[a])][:CANDIDATES - 1]
+        rows.append([a] + others)
+        contexts += [split["context"][i]] * CANDIDATES
+        options += [replies[b] for b in rows[-1]]
+    rows = np.array(rows)
+    given = _score_all(bot, contexts, options).reshape(rows.shape)
+    tokens = np.array([len(r) + 1 for r in replies], dtype=np.float64)  # + <eos>
+    per_word = given / tokens[rows]
+    anti = (_score_all(bot, [EMPTY_CONTEXT] * len(replies), replies) / tokens)[rows]
+    out = {}
+    for name, scores in (("log p(r|c)", given), ("log p(r|c) per word", per_word),
+                         (f"MMI: per word - {mmi:g} anti-LM", per_word - mmi * anti)):
+        beaten_by = (scores[:, 1:] > scores[:, :1]).sum(axis=1)
+        out[name] = {f"R@{k}": float(np.mean(beaten_by < k)) for k in RECALL_AT}
+    return out
+
+
+def evaluate(bundle_dir: Path, data_dir: Path, split: str = "test", *, rank_pairs: int = 500,
+             generate_pairs: int = 200, seed: int = 0, log: Callable = print) -> dict:
+    """Evaluate the bundle on `split` of the data it was trained on; write report.json and report.md
+    into the bundle and return the report. Builds the bundle's retrieval index first if it lacks one."""
+    started = time.perf_counter()
+    bundle_dir, data = Path(bundle_dir), PreparedData.open(Path(data_dir))
+    bundle = Bundle.load(bundle_dir)
+    if vocab_digest(data.vocab()) != vocab_digest(bundle.vocab):
+        raise ErgoError(f"{data.path} was not the data {bundle_dir} was trained on (the vocabularies differ)")
+    if not (bundle_dir / INDEX_FILE).is_file():
+        log(f"building the retrieval index {bundle_dir / INDEX_FILE}")
+        build_index(data, bundle_dir)
+    bot = Chatbot(bundle)
+    pairs, train = data.split(split), data.split("train")
+    if len(pairs["reply"]) < CANDIDATES:
+        raise ErgoError(f"the {split} split has {len(pairs['reply'])} pairs; evaluation needs {CANDIDATES} or more")
+    rng = np.random.default_rng(seed)
+    vocab = bundle.vocab
+
+    log(f"perplexity on {len(pairs['reply']):,} {split} pairs")
+    ppl = perplexity(bot.model, BatchIterator(pairs, 64, seed=seed))
+    mmi = SETTINGS["mmi"][1]
+    log(f"recall@k of {CANDIDATES} on {min(rank_pairs, len(pairs['reply']))} pairs")
+    recall = recall_at_k(bot, pairs, rank_pairs, mmi, rng)
+
+    generic_counts = Counter(tuple(vocab.decode(r)) for r in train["reply"]).most_common(10)
+    generic = {g for g, _ in generic_counts}
+    chosen = rng.choice(len(pairs["reply"]), size=min(generate_pairs, len(pairs["reply"])), replace=False)
+    references = [vocab.decode(pairs["reply"][i]) for i in chosen]
+    generation = {"reference": _generation_metrics(references, None, generic)}
+    samples = {p: {} for p in PROMPTS}
+    for name, settings in MODES.items():
+        log(f"replies by {name} to {len(chosen)} {split} contexts")
+        replies, seconds = [], []
+        for n, i in enumerate(chosen):
+            reply = bot.respond(pairs["context"][i], **settings, **_seeded(settings, n))
+            replies.append([t.lower() for t in reply.tokens])
+            seconds.append(reply.seconds)
+        generation[name] = {**_generation_metrics(replies, references, generic),
+                            "seconds_p50": float(np.median(seconds))}
+        for n, prompt in enumerate(PROMPTS):
+            samples[prompt][name] = bot.reply([prompt], **settings, **_seeded(settings, n)).text
+
+    defaults = {k: spec[1] for k, spec in SETTINGS.items()}
+    report = {
+        "bundle": str(bundle_dir), "data": str(data.path), "split": split, "corpus": data.manifest["corpus"]["name"],
+        "pairs": len(pairs["reply"]), "perplexity": ppl, "recall_pairs": min(rank_pairs, len(pairs["reply"])),
+        "recall": recall, "generated_pairs": len(chosen), "generation": generation,
+        "default": next((name for name, s in MODES.items() if all(defaults[k] == v for k, v in s.items())), None),
+        "modes": {name: {**defaults, **s} for name, s in MODES.items()},
+        "generic_replies": [detokenize(list(g)) for g, _ in generic_counts],
+        "samples": samples, "seconds": round(time.perf_counter() - started, 1),
+    }
+    atomic_write_text(bundle_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
+    atomic_write_text(bundle_dir / "report.md", markdown(report))
+    return report
+
+
+def _seeded(settings: dict, n: int) -> dict:
+    """A fixed seed per reply for the sample decoder, so the report is reproducible."""
+    return {"seed": n} if settings.get("decoder") == "sample" else {}
+
+
+def headline(report: dict) -> str:
+    """The report in a few lines, for the terminal."""
+    first = next(iter(report["recall"].values()))
+    gen = report["generation"]
+    lines = [f"{report['split']} perplexity {report['perplexity']:.2f}; recall@1/2/5 of 10 "
+             + "/".join(f"{v:.3f}" for v in first.values()) + " by log p(r|c)"]
+    for name in MODES:
+        if name in gen:
+            g = gen[name]
+            lines.append(f"  {name:9} distinct-1 {g['distinct_1']:.3f}  distinct-2 {g['distinct_2']:.3f}  "
+                         f"BLEU {g['bleu']:.4f}  generic {g['generic_rate']:.1%}  length {g['avg_length']:.1f}"
+                         + ("  (default)" if name == report["default"] else ""))
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    gen = report["generation"]
+    lines = [f"# Evaluation of {report['bundle']}", "",
+             f"{report['corpus']} corpus, {report['split']} split ({report['pairs']:,} pairs); "
+             f"default mode: **{report['default']}**.", "",
+             f"- **perplexity**: {report['perplexity']:.2f}", "",
+             f"## Ranking: recall@k of {CANDIDATES} ({report['recall_pairs']} pairs, 9 random distractors each)", "",
+             "| scored by | " + " | ".join(f"R@{k}" for k in RECALL_AT) + " |",
+             "| --- |" + " --- |" * len(RECALL_AT)]
+    lines += [f"| {name} | " + " | ".join(f"{v:.3f}" for v in r.values()) + " |"
+              for name, r in report["recall"].items()]
+    lines += ["", f"## Generated replies ({report['generated_pairs']} contexts)", "",
+              "| mode | distinct-1 | distinct-2 | BLEU | generic rate | avg length | p50 seconds |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, g in gen.items():
+        bleu = f"{g['bleu']:.4f}" if "bleu" in g else "-"
+        secs = f"{g['seconds_p50']:.3f}" if "seconds_p50" in g else "-"
+        mark = " (default)" if name == report["default"] else ""
+        lines.append(f"| {name}{mark} | {g['distinct_1']:.3f} | {g['distinct_2']:.3f} | {bleu} | "
+                     f"{g['generic_rate']:.1%} | {g['avg_length']:.1f} | {secs} |")
+    lines += ["", "Generic replies (the 10 most frequent in training): "
+              + ", ".join(f'"{g}"' for g in report["generic_replies"]), "", "## Sample replies", ""]
+    for prompt, by_mode in report["samples"].items():
+        lines += [f"**{prompt}**", ""] + [f"- {name}: {text}" for name, text in by_mode.items()] + [""]
+    lines += ["## Settings of each mode", "", "```json", json.dumps(report["modes"], indent=1), "```"]
+    return "\n".join(lines) + "\n"
+
