@@ -1,5 +1,4 @@
 """Each reader on files in the real formats, the encoding case, detection and bad input."""
-from pathlib import Path
 
 import pytest
 
