@@ -61,6 +61,34 @@ def random_bundle(preset_name: str, folder: Path, seed: int = 0):
     return vocab
 
 
+def weight_floor(bot, steps: int) -> tuple[float, float]:
+    """(MB of weights one decoder step multiplies by, ms for `steps` such steps at batch 1): the decoder's
+    matrix products alone, in one compiled loop. At batch 1 they are bound by reading the weights, so this
+    is the floor under a greedy reply's steps whatever the bookkeeping around them costs."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    model, size = bot.model, bot.decoder.shortlist_size or bot.decoder.vocab_size
+    mats = [w for lstm in model.decoder for w in (lstm.cell.kernel, lstm.cell.recurrent_kernel)]
+    mats += [model.combine.kernel, model.output_layer.kernel[:, :size]]
+    mats = [tf.constant(keras.ops.convert_to_numpy(w)) for w in mats]
+
+    @tf.function(autograph=False)
+    def loop():
+        def body(i, total):  # each product's input depends on the last total, so none is hoisted out
+            return i + 1, total + sum(tf.reduce_sum(tf.matmul(tf.fill([1, w.shape[0]], total * 1e-9), w)) for w in mats)
+        return tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), tf.constant(0.0)))[1]
+
+    loop()
+    times = []
+    for _ in range(30):
+        start = time.perf_counter()
+        loop()
+        times.append((time.perf_counter() - start) * 1000)
+    return sum(int(np.prod(w.shape)) for w in mats) * 4 / 1e6, statistics.median(times)
+
+
 def measure(preset: str, replies: int, max_len: int, shortlist: int | None) -> None:
     import numpy as np
 
@@ -75,6 +103,9 @@ def measure(preset: str, replies: int, max_len: int, shortlist: int | None) -> N
         print(f"\n{preset}: {bot.model.cfg.layers}x{bot.model.cfg.hidden} LSTM, vocabulary {len(vocab):,}, "
               f"shortlist {sl or 'none (full softmax)'}; {replies} replies of {max_len} tokens each; "
               f"load average {os.getloadavg()[0]:.1f}")
+        megabytes, floor = weight_floor(bot, max_len)
+        print(f"decoder weights {megabytes:.1f} MB a step; their products alone, {max_len} steps at batch 1: "
+              f"{floor:.1f} ms ({megabytes * max_len / floor:.0f} GB/s)")
         print(f"{'mode':10} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'tokens':>7}")
         for name, settings in MODES.items():
             settings = dict(settings, max_len=max_len, min_len=max_len // 2)

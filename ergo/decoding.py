@@ -308,7 +308,7 @@ class Decoder:
         ended) of `width` candidates, then teacher-force in one more loop what the ranking needs: the
         `also` targets under the context, and with anti_lm the candidates and the `also` targets under
         an empty context. Returns the search's four, then anti [width], also_logp, also_anti [M]."""
-        memory, states = self.model.encode(ctx[None, :])
+        memory, states = self.model.encode_unpadded(ctx[None, :])
         projection = self._projection(ids)
         tokens, lengths, logp, ended = search(*self._tile_rows(memory, states, width, 0), self._space(banned, ids),
                                               projection)

@@ -82,6 +82,18 @@ def test_step_by_step_decoding_matches_teacher_forcing(cfg):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(logits), full[:, t], atol=1e-4)
 
 
+
+
+@pytest.mark.parametrize("cfg", [tiny(), tiny(attention="general", bidirectional_encoder=True), tiny(layers=1)])
+def test_the_unpadded_encoder_matches_the_keras_one(cfg):
+    model = build_seq2seq(cfg, V, matrix())
+    enc = batch(seed=4, b=1)[0]  # row 0 has no padding
+    (values, keys, mask), states = model.encode(enc)
+    (fast_values, fast_keys, fast_mask), fast_states = model.encode_unpadded(enc)
+    for ours, theirs in [(fast_values, values), (fast_keys, keys), *zip(
+            [s for layer in fast_states for s in layer], [s for layer in states for s in layer])]:
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs), atol=1e-5)
+    assert keras.ops.convert_to_numpy(fast_mask).all()
 def copy_task(n=32, length=5, seed=0):
     rng = np.random.default_rng(seed)
     src = rng.integers(5, 15, (n, length)).astype("int32")
