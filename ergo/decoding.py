@@ -14,7 +14,9 @@ Never emitted: <pad>, <unk>, <go>, <sep>, any `banned` id (the safety filter's w
 A step's cost is mostly reading the output projection (hidden x vocabulary). With a `shortlist`
 (vocabulary selection, for vocabularies over 2 x SHORTLIST words), a reply is chosen among the
 SHORTLIST most frequent words (ids run by falling frequency), the context's words and the words of
-any other candidate: the projection shrinks to those columns and the softmax is over them.
+any other candidate: the projection shrinks to those columns and the softmax is over them. A
+shortlist is sorted, so it starts with the frequent words: their columns are one slice of the
+kernel, and only the few others are gathered.
 
 Ranking needs more than the search: log p(reply | context) of replies found elsewhere (retrieval)
 and, for MMI-antiLM reranking (Li et al. 2016), log p(reply | empty context) of every candidate.
@@ -104,14 +106,10 @@ class Decoder:
         self.shortlist_size = shortlist if 0 < shortlist < self.vocab_size else 0
         self._searches: dict = {}
         self._scores: dict = {}
-        self._kernel_rows = None  # the output kernel transposed, for fast shortlist gathers
-        if self.shortlist_size:
-            kernel = model.output_layer.kernel
-            self._kernel_rows = keras.Variable(ops.transpose(kernel), trainable=False, name="output_kernel_rows")
 
     def shortlist(self, context: np.ndarray, *others: Sequence[int]) -> np.ndarray | None:
-        """The ids a reply to `context` may use (None: all): the frequent words, <eos>, the context's
-        words and those of `others` (candidates that must be scored on the same terms)."""
+        """The ids a reply to `context` may use (None: all), sorted: the frequent words, <eos>, the
+        context's words and those of `others` (candidates that must be scored on the same terms)."""
         if not self.shortlist_size:
             return None
         extra = [np.asarray(o, np.int32) for o in others if len(o)]
@@ -188,9 +186,14 @@ class Decoder:
 
     # -- compiled pieces -------------------------------------------------------------------------
 
-    @staticmethod
-    def _ids(shortlist) -> tuple:
-        return () if shortlist is None else (np.asarray(shortlist, np.int32),)
+    def _ids(self, shortlist) -> tuple:
+        if shortlist is None:
+            return ()
+        ids = np.asarray(shortlist, np.int32)
+        if not np.array_equal(ids[:self.shortlist_size], np.arange(self.shortlist_size)):
+            raise ValueError(f"a shortlist starts with the {self.shortlist_size} most frequent ids, as "
+                             f"Decoder.shortlist makes it")
+        return (ids,)
 
     def _context(self, context: np.ndarray) -> np.ndarray:
         context = np.asarray(context, dtype=np.int32)
@@ -222,13 +225,14 @@ class Decoder:
         return self._searches[key]
 
     def _projection(self, ids):
-        """(kernel, bias) of the output layer, restricted to the shortlist's columns if there is one
-        (gathered as rows of a transposed copy: a column gather of the kernel is 3 times slower)."""
+        """(kernel, bias) of the output layer, restricted to the shortlist's columns if there is one:
+        a slice for its frequent words, then a gather of the rest (a gather of every column is 3 times
+        slower, and a transposed copy of the kernel for row gathers would cost its size in memory)."""
         kernel, bias = self.model.output_layer.kernel, self.model.output_layer.bias
         if ids is None:
             return kernel, bias
-        rows = self._kernel_rows if self._kernel_rows is not None else ops.transpose(kernel)
-        return ops.transpose(ops.take(rows, ids, axis=0)), ops.take(bias, ids)
+        n = self.shortlist_size
+        return ops.concatenate([kernel[:, :n], ops.take(kernel, ids[n:], axis=1)], 1), ops.take(bias, ids)
 
     def _tile_rows(self, memory, states, n_context, n_empty):
         """Memory and states for n_context rows of the encoded context, then n_empty rows of an empty

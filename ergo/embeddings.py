@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from gensim.models import KeyedVectors, Word2Vec
 
 from .errors import ErgoError
 from .vocab import PAD_ID, SPECIALS, Vocab
+
+if TYPE_CHECKING:
+    from gensim.models import KeyedVectors
+# gensim loads inside the two functions that use it: a chatbot imports this module (through
+# ergo.dataset) but never trains or reads word vectors, and gensim with scipy is ~55 MB of a web worker.
 
 
 def train_word2vec(sentences: Sequence[list[str]], dim: int, *, min_count: int, window: int, epochs: int,
                    seed: int, workers: int) -> KeyedVectors:
     """CBOW word2vec (gensim's default, and its fastest) over the training turns, one sentence a turn."""
+    from gensim.models import Word2Vec
     logging.getLogger("gensim").setLevel(logging.WARNING)
     model = Word2Vec(sentences=sentences, vector_size=dim, window=window, min_count=min_count,
                      epochs=epochs, seed=seed, workers=max(1, workers))
@@ -34,6 +39,7 @@ def load_pretrained(path: Path) -> KeyedVectors:
             first = f.readline().split()
         # word2vec text files start with "<count> <dim>"; GloVe files start with a word and its vector.
         no_header = not (len(first) == 2 and all(x.isdigit() for x in first))
+    from gensim.models import KeyedVectors
     try:
         return KeyedVectors.load_word2vec_format(str(path), binary=binary, no_header=no_header,
                                                  unicode_errors="replace")

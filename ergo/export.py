@@ -74,8 +74,6 @@ def _serving_module(bot: Chatbot, s: dict):
 
     module = tf.Module()
     module.model = bot.model
-    if decoder._kernel_rows is not None:
-        module.kernel_rows = decoder._kernel_rows  # the shortlist's transposed kernel: saved as a variable
     module.greedy = tf.function(lambda context_ids: search(context_ids, 1, 0.0), input_signature=spec,
                                 autograph=False)
     module.beam = tf.function(lambda context_ids: search(context_ids, s["beam_size"], s["length_penalty"]),

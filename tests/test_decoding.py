@@ -169,5 +169,7 @@ def test_a_shortlisted_search_uses_only_its_words_and_scores_over_them(bot):
     empty = short.score([EMPTY_CONTEXT] * len(with_anti), [c.ids for c in with_anti], [c.ended for c in with_anti],
                         shortlist=ids)
     np.testing.assert_allclose([c.anti for c in with_anti], empty, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="most frequent"):  # its frequent words are one slice of the kernel
+        short.beam(ctx, beam_size=3, max_len=8, shortlist=ids[1:])
     everything = np.arange(full.vocab_size, dtype=np.int32)  # a shortlist of every word changes nothing
     assert short.beam(ctx, beam_size=3, max_len=8, shortlist=everything) == full.beam(ctx, beam_size=3, max_len=8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -157,6 +158,15 @@ def test_healthz_and_metrics(web_server):
     metrics = web_server.get("/metrics").text
     assert 'ergo_replies_total{degraded="false"}' in metrics
     assert "ergo_reply_seconds_bucket" in metrics
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux's /proc")
+def test_a_worker_runs_tensorflow_without_what_it_never_uses(web_server):
+    pid = web_server.get("/healthz").headers["X-Ergo-Worker"]
+    mapped = Path(f"/proc/{pid}/maps").read_text()
+    assert "/tensorflow/" in mapped
+    for unused in ("/matplotlib/", "/scipy/stats/", "/gensim/"):  # ~90 MB a worker, imported by keras, nltk, ergo
+        assert unused not in mapped
 
 
 def test_restart_keeps_history_and_the_cap_holds(tiny_bundle, tmp_path):
