@@ -97,22 +97,24 @@ class Ranked:
 
 
 class Chatbot:
-    def __init__(self, bundle: Bundle, blocklist: Path | None = None, shortlist: int | None = None):
+    def __init__(self, bundle: Bundle, blocklist: Path | None = None, shortlist: int | None = None,
+                 xla: bool = True):
         """`blocklist`: the safety filter's file (default: the bundle's blocklist.txt, else ergo's own);
-        `shortlist`: see `Decoder` (default: shortlist large vocabularies only)."""
+        `shortlist` and `xla`: see `Decoder` (default: shortlist large vocabularies only; XLA on)."""
         from .decoding import Decoder
         self.bundle = bundle
         self.vocab = bundle.vocab
         self.model = bundle.build_model()
         own = bundle.path / "blocklist.txt"
         self.safety = SafetyFilter.load(blocklist if blocklist is not None else own if own.is_file() else None)
-        self.decoder = Decoder(self.model, banned=self.safety.banned_ids(self.vocab), shortlist=shortlist)
+        self.decoder = Decoder(self.model, banned=self.safety.banned_ids(self.vocab), shortlist=shortlist, xla=xla)
         self.index = RetrievalIndex.load(bundle.path, self.vocab)
         self._rng = np.random.default_rng()
 
     @classmethod
-    def load(cls, path: Path, blocklist: Path | None = None, shortlist: int | None = None) -> "Chatbot":
-        return cls(Bundle.load(path), blocklist, shortlist)
+    def load(cls, path: Path, blocklist: Path | None = None, shortlist: int | None = None,
+             xla: bool = True) -> "Chatbot":
+        return cls(Bundle.load(path), blocklist, shortlist, xla)
 
     @property
     def name(self) -> str:

@@ -2,10 +2,15 @@
 
 Searches: beam search (greedy is a beam of one) and sampling (temperature, top-k, top-p, seeded).
 Each search is ONE compiled function with the whole loop inside (tf.function on TensorFlow, traced
-once per shape of search): the encoder runs once, each step is one batched decoder step for the
-whole beam, and the loop stops as soon as the live hypotheses stop beating the finished ones. A
-Python-level predict() per step would cost more than the step itself. The loop is written in
-keras.ops, so on the jax and torch backends the same code runs eagerly.
+once per shape of search, and compiled by XLA): the encoder runs once, each step is one batched
+decoder step for the whole beam, and the loop stops as soon as the live hypotheses stop beating the
+finished ones. A Python-level predict() per step would cost more than the step itself, and XLA's
+fused loop halves a beam's time on a CPU against TensorFlow's op-by-op one (not a greedy search's:
+XLA's product of one row by a matrix is slower than oneDNN's, so width 1 is not compiled by XLA).
+XLA compiles once per shape of its inputs (a second or two), so a search pads them to a few sizes:
+the context on the left to a multiple of CONTEXT_BUCKET, a shortlist with the next frequent words to
+a multiple of SHORTLIST_BUCKET, other candidates to multiples of TARGET_ROWS and TARGET_LENGTH. The loop is written in keras.ops, so
+on the jax and torch backends the same code runs eagerly.
 
 Never emitted: <pad>, <unk>, <go>, <sep>, any `banned` id (the safety filter's words), <eos> before
 `min_len`, a token that would repeat an n-gram of the reply (`no_repeat_ngram`) or of the context
@@ -40,6 +45,9 @@ from .vocab import EOS_ID, GO_ID, PAD_ID, SEP_ID, UNK_ID
 NEVER = (PAD_ID, UNK_ID, GO_ID, SEP_ID)
 EMPTY_CONTEXT = np.array([PAD_ID], dtype=np.int32)  # encodes to zero states: the decoder as a plain LM
 SHORTLIST = 4000   # frequent words every reply may use when the vocabulary is shortlisted
+CONTEXT_BUCKET = 8       # a search's context is left-padded to a multiple of this
+SHORTLIST_BUCKET = 256   # ... its shortlist (of SHORTLIST_BUCKET frequent words or more) filled to one of this
+TARGET_ROWS, TARGET_LENGTH = 8, 32  # ... and other candidates padded to multiples of these
 _NEG = float("-inf")
 
 
@@ -62,14 +70,18 @@ def length_penalty(n_tokens, alpha: float):
     return n_tokens ** alpha
 
 
-def _compile(fn, signature):
-    """One trace per search shape on TensorFlow (no autograph: the loops are explicit while_loops); the
-    other backends run the loop eagerly."""
+def _compile(fn, signature, jit: bool = False):
+    """One trace per search shape on TensorFlow (no autograph: the loops are explicit while_loops), and
+    with `jit` one XLA compile per shape of the inputs; the other backends run the loop eagerly."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
         specs = [tf.TensorSpec(shape, dtype) for shape, dtype in signature]
-        return tf.function(fn, input_signature=specs, reduce_retracing=True, autograph=False)
+        return tf.function(fn, input_signature=specs, reduce_retracing=True, autograph=False, jit_compile=jit)
     return fn
+
+
+def _round_up(n: int, bucket: int) -> int:
+    return -(-n // bucket) * bucket
 
 
 def _uniform(shape, seed, step):
@@ -95,15 +107,18 @@ class Decoder:
 
     `shortlist`: the number of frequent words of a reply's shortlist; None picks SHORTLIST for a
     vocabulary over 2 x SHORTLIST words and the full vocabulary otherwise; 0 never shortlists.
+    `xla`: compile searches of more than one row with XLA (faster once compiled; each new shape of
+    inputs first costs a compile of a second or two and some memory).
     """
 
-    def __init__(self, model, banned: Sequence[int] = (), shortlist: int | None = None):
+    def __init__(self, model, banned: Sequence[int] = (), shortlist: int | None = None, xla: bool = True):
         self.model = model
         self.vocab_size = int(model.vocab_size)
         self.banned = np.unique(np.asarray([*NEVER, *banned], dtype=np.int32))
         if shortlist is None:
             shortlist = SHORTLIST if self.vocab_size > 2 * SHORTLIST else 0
         self.shortlist_size = shortlist if 0 < shortlist < self.vocab_size else 0
+        self.xla = xla
         self._searches: dict = {}
         self._scores: dict = {}
 
@@ -129,8 +144,8 @@ class Decoder:
         """The n-best (up to `beam_size`), best first by log p / length_penalty(n_tokens)."""
         fn = self._search("beam", beam_size, max_len, no_repeat_ngram, block_context_ngram, shortlist is not None,
                           anti_lm, bool(also))
-        return self._run(fn, also, self._context(context), np.int32(min_len), np.float32(length_penalty),
-                         self.banned, _targets([c.ids for c in also], [c.ended for c in also]), *self._ids(shortlist))
+        ctx, targets, ids = self._inputs(beam_size, context, also, shortlist)
+        return self._run(fn, also, ctx, np.int32(min_len), np.float32(length_penalty), self.banned, targets, *ids)
 
     def greedy(self, context: np.ndarray, *, max_len: int = 20, min_len: int = 1, no_repeat_ngram: int = 3,
                block_context_ngram: int = 0, shortlist: np.ndarray | None = None, anti_lm: bool = False,
@@ -149,9 +164,9 @@ class Decoder:
         k = min(top_k, self.shortlist_size if shortlist is not None else self.vocab_size) if top_k > 0 else 0
         fn = self._search("sample", samples, max_len, no_repeat_ngram, block_context_ngram, shortlist is not None,
                           anti_lm, bool(also), k)
-        return self._run(fn, also, self._context(context), np.int32(min_len), np.float32(temperature),
-                         np.float32(top_p), np.int32(seed % 2**31), self.banned,
-                         _targets([c.ids for c in also], [c.ended for c in also]), *self._ids(shortlist))
+        ctx, targets, ids = self._inputs(samples, context, also, shortlist)
+        return self._run(fn, also, ctx, np.int32(min_len), np.float32(temperature), np.float32(top_p),
+                         np.int32(seed % 2**31), self.banned, targets, *ids)
 
     def rescore(self, context: np.ndarray, candidates: Sequence[Candidate], *, shortlist: np.ndarray | None = None,
                 anti_lm: bool = False) -> list[Candidate]:
@@ -199,6 +214,28 @@ class Decoder:
         context = np.asarray(context, dtype=np.int32)
         return context if len(context) else EMPTY_CONTEXT
 
+    def _inputs(self, width: int, context, also: Sequence[Candidate], shortlist) -> tuple:
+        """(context, `also` targets, shortlist as a tuple) for a search of `width` rows; padded to few
+        shapes when XLA compiles it. A context left-padded encodes the same (see
+        Seq2Seq.encode_left_padded), and <pad> is in no n-gram a reply can repeat."""
+        context = self._context(context)
+        replies, ended = [c.ids for c in also], [c.ended for c in also]
+        if not (self.xla and width > 1):
+            return context, _targets(replies, ended), self._ids(shortlist)
+        context = np.pad(context, (_round_up(len(context), CONTEXT_BUCKET) - len(context), 0))
+        return context, _targets(replies, ended, TARGET_ROWS, TARGET_LENGTH), self._ids(self._filled(shortlist))
+
+    def _filled(self, shortlist: np.ndarray | None) -> np.ndarray | None:
+        """A shortlist grown to a multiple of SHORTLIST_BUCKET with the next most frequent words it
+        lacks (a search over a few more words, for few shapes to compile); small ones stay as they are."""
+        if shortlist is None or self.shortlist_size < SHORTLIST_BUCKET:
+            return shortlist
+        ids = np.asarray(shortlist, np.int32)
+        missing = min(_round_up(len(ids), SHORTLIST_BUCKET), self.vocab_size) - len(ids)
+        window = np.arange(self.shortlist_size, min(self.vocab_size, self.shortlist_size + len(ids) + missing),
+                           dtype=np.int32)
+        return np.union1d(ids, np.setdiff1d(window, ids, assume_unique=True)[:missing]).astype(np.int32)
+
     @staticmethod
     def _run(fn, also, *args) -> list[Candidate]:
         """Call a compiled search: its candidates (empty slots left out), then `also` with scores."""
@@ -221,7 +258,7 @@ class Decoder:
                 fn = functools.partial(self._sample_graph, top_k=top_k, **shape)
                 sig = [([None], "int32"), ([], "int32"), ([], "float32"), ([], "float32"), ([], "int32")]
             sig += [([None], "int32"), ([None, None], "int32")] + [([None], "int32")] * short
-            self._searches[key] = _compile(fn, sig)
+            self._searches[key] = _compile(fn, sig, jit=self.xla and width > 1)
         return self._searches[key]
 
     def _projection(self, ids):
@@ -312,7 +349,7 @@ class Decoder:
         ended) of `width` candidates, then teacher-force in one more loop what the ranking needs: the
         `also` targets under the context, and with anti_lm the candidates and the `also` targets under
         an empty context. Returns the search's four, then anti [width], also_logp, also_anti [M]."""
-        memory, states = self.model.encode_unpadded(ctx[None, :])
+        memory, states = self.model.encode_left_padded(ctx[None, :])
         projection = self._projection(ids)
         tokens, lengths, logp, ended = search(*self._tile_rows(memory, states, width, 0), self._space(banned, ids),
                                               projection)
@@ -340,8 +377,10 @@ class Decoder:
         return tokens, lengths, logp, ended, anti, also_logp, also_anti
 
     def _forced(self, memory, states, targets, projection, ids):
-        """Sum of log p(target) of each row [R, T] (<pad> targets count for nothing), teacher-forced."""
+        """Sum of log p(target) of each row [R, T] (<pad> targets count for nothing, and the steps after
+        the longest row's last target are not run), teacher-forced."""
         real = targets != PAD_ID
+        steps = ops.max(ops.sum(ops.cast(real, "int32"), axis=1), initial=0)
         if ids is not None:  # target ids -> their columns in the shortlist
             targets = ops.take(ops.scatter(ids[:, None], ops.arange(ops.shape(ids)[0]), (self.vocab_size,)), targets)
         n_rows = ops.shape(targets)[0]
@@ -355,7 +394,7 @@ class Decoder:
 
         loop = (ops.convert_to_tensor(0, "int32"), ops.full((n_rows,), GO_ID, "int32"), states,
                 ops.zeros((n_rows,), "float32"))
-        return ops.while_loop(lambda t, *_: t < ops.shape(targets)[1], body, loop)[3]
+        return ops.while_loop(lambda t, *_: t < steps, body, loop)[3]
 
     def _beam_graph(self, ctx, min_len, alpha, banned, also, ids=None, *, width, max_len, n_rep, n_ctx,
                     anti_lm, has_also):
@@ -461,8 +500,11 @@ class Decoder:
         return ops.sum(ops.where(real, tok_logp, 0.0), axis=-1)
 
 
-def _targets(replies: Sequence[Sequence[int]], ended: Sequence[bool]) -> np.ndarray:
-    """[M, T] teacher-forcing targets: each reply, then <eos> if it ended; <pad> after."""
+def _targets(replies: Sequence[Sequence[int]], ended: Sequence[bool], rows: int = 1, length: int = 1) -> np.ndarray:
+    """[M, T] teacher-forcing targets: each reply, then <eos> if it ended; <pad> after. Rows and
+    columns of <pad> only round M up to a multiple of `rows` and T to one of `length`."""
     if not len(replies):
         return np.zeros((0, 1), np.int32)
-    return pad([np.asarray(list(r) + [EOS_ID] * bool(e), np.int32) for r, e in zip(replies, ended)])
+    out = pad([np.asarray(list(r) + [EOS_ID] * bool(e), np.int32) for r, e in zip(replies, ended)])
+    m, t = out.shape
+    return np.pad(out, ((0, _round_up(m, rows) - m), (0, _round_up(t, length) - t)))

@@ -89,24 +89,27 @@ class Seq2Seq(keras.Model):
         keys = self.att_keys(x) if self.cfg.attention != "dot" else x
         return (x, keys, mask), tuple(states)
 
-    def encode_unpadded(self, encoder_in):
-        """`encode` for rows without padding (the one context of a reply being searched), in the same
-        arithmetic. The generic Keras loop multiplies each step's input by the input kernel apart and
-        masks every step; here one matrix product projects all steps' inputs, so the loop over steps
-        reads only the recurrent kernel: at batch 1 on a CPU the steps are bound by reading weights."""
+    def encode_left_padded(self, encoder_in):
+        """`encode` for rows padded on the LEFT (a search pads its context to a few fixed lengths, so
+        that one compiled search serves many contexts), in the same arithmetic: a padded step leaves
+        the zero states as they are, so a row encodes as it would unpadded. The generic Keras loop
+        multiplies each step's input by the input kernel apart; here one matrix product projects all
+        steps, and the loop over steps reads only the recurrent kernel: at batch 1 on a CPU the steps
+        are bound by reading weights."""
+        mask = ops.not_equal(encoder_in, PAD_ID)
         x = self.enc_embedding(encoder_in)
         states = []
-        for i, lstm in enumerate(self.encoder):
+        for lstm in self.encoder:
             if isinstance(lstm, layers.Bidirectional):
-                forward, (h_f, c_f) = _lstm_sequence(lstm.forward_layer.cell, x)
-                backward, (h_b, c_b) = _lstm_sequence(lstm.backward_layer.cell, ops.flip(x, 1))
+                forward, (h_f, c_f) = _lstm_sequence(lstm.forward_layer.cell, x, mask)
+                backward, (h_b, c_b) = _lstm_sequence(lstm.backward_layer.cell, ops.flip(x, 1), ops.flip(mask, 1))
                 x = ops.concatenate([forward, ops.flip(backward, 1)], -1)
                 states.append((ops.concatenate([h_f, h_b], -1), ops.concatenate([c_f, c_b], -1)))
             else:
-                x, s = _lstm_sequence(lstm.cell, x)
+                x, s = _lstm_sequence(lstm.cell, x, mask)
                 states.append(s)
         keys = self.att_keys(x) if self.cfg.attention != "dot" else x
-        return (x, keys, ops.ones(ops.shape(encoder_in), dtype="bool")), tuple(states)
+        return (x, keys, mask), tuple(states)
 
     # -- decoder ---------------------------------------------------------------------------------
 
@@ -201,20 +204,24 @@ def _embedding(vocab_size, dim, matrix, frozen, prefix):
     return emb
 
 
-def _lstm_sequence(cell, x):
+def _lstm_sequence(cell, x, mask):
     """An LSTM cell run over x [B, T, in] from zero states -> (outputs [B, T, H], (h, c)), with the
-    input projection of all steps as one matrix product before the loop."""
+    input projection of all steps as one matrix product before the loop; where mask [B, T] is False
+    the states stay as they were."""
     projected = ops.transpose(ops.matmul(x, cell.kernel) + cell.bias, (1, 0, 2))  # [T, B, 4H]
     zeros = ops.zeros((ops.shape(x)[0], cell.units), dtype=projected.dtype)
 
-    def step(carry, z):
-        h, c = carry
+    def step(carry, inputs):
+        (h, c), z, real = carry, inputs[..., :-1], inputs[..., -1:] > 0
         z_i, z_f, z_c, z_o = ops.split(z + ops.matmul(h, cell.recurrent_kernel), 4, axis=-1)
-        c = cell.recurrent_activation(z_f) * c + cell.recurrent_activation(z_i) * cell.activation(z_c)
-        h = cell.recurrent_activation(z_o) * cell.activation(c)
+        new_c = cell.recurrent_activation(z_f) * c + cell.recurrent_activation(z_i) * cell.activation(z_c)
+        new_h = cell.recurrent_activation(z_o) * cell.activation(new_c)
+        h, c = ops.where(real, new_h, h), ops.where(real, new_c, c)
         return (h, c), (h, c)  # Keras's scan wants outputs shaped like the carry
 
-    (h, c), (outputs, _) = ops.scan(step, (zeros, zeros), projected)
+    # The mask rides along as one more column: Keras's scan on TensorFlow fails on two sequences of unknown length.
+    real = ops.expand_dims(ops.cast(ops.transpose(mask), projected.dtype), -1)  # [T, B, 1]
+    (h, c), (outputs, _) = ops.scan(step, (zeros, zeros), ops.concatenate([projected, real], -1))
     return ops.transpose(outputs, (1, 0, 2)), (h, c)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ergo.config import ModelConfig
-from ergo.decoding import EMPTY_CONTEXT, NEVER, Candidate, Decoder
+from ergo.decoding import EMPTY_CONTEXT, NEVER, Candidate, Decoder, SHORTLIST_BUCKET
 from ergo.model import build_seq2seq
 from ergo.vocab import EOS_ID, SEP_ID, UNK_ID
 from reply_bundle import reply_bundle, shared_bot
@@ -173,3 +173,13 @@ def test_a_shortlisted_search_uses_only_its_words_and_scores_over_them(bot):
         short.beam(ctx, beam_size=3, max_len=8, shortlist=ids[1:])
     everything = np.arange(full.vocab_size, dtype=np.int32)  # a shortlist of every word changes nothing
     assert short.beam(ctx, beam_size=3, max_len=8, shortlist=everything) == full.beam(ctx, beam_size=3, max_len=8)
+
+
+def test_a_shortlist_is_filled_with_the_next_frequent_words_to_few_sizes(bot):
+    big = Decoder(bot.model)
+    big.shortlist_size, big.vocab_size = SHORTLIST_BUCKET, 3 * SHORTLIST_BUCKET  # its arithmetic only
+    ids = np.concatenate([np.arange(SHORTLIST_BUCKET), [300, 302, 700]]).astype(np.int32)
+    filled = big._filled(ids)
+    assert len(filled) == 2 * SHORTLIST_BUCKET and set(ids) <= set(filled.tolist())
+    assert list(filled) == sorted(set(filled.tolist()))  # sorted, no word twice
+    assert set(filled.tolist()) - set(ids.tolist()) == set(range(SHORTLIST_BUCKET, 300)) | {301} | set(range(303, 511))

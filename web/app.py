@@ -45,7 +45,7 @@ def create_app(bundle_dir: Path, redis_url: str, secret_key: str, config: WebCon
         n = config.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
 
-    bot = Chatbot.load(Path(bundle_dir))
+    bot = Chatbot.load(Path(bundle_dir), xla=config.xla)
     bot.reply(["hello"])  # trace the default decoding graphs now, not on the first visitor's time
     store = ConversationStore(connect(redis_url), config.history_cap, config.history_ttl)
     limiter = Limiter(get_remote_address, app=app, storage_uri=limits_storage(redis_url),
