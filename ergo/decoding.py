@@ -5,12 +5,12 @@ Each search is ONE compiled function with the whole loop inside (tf.function on 
 once per shape of search, and compiled by XLA): the encoder runs once, each step is one batched
 decoder step for the whole beam, and the loop stops as soon as the live hypotheses stop beating the
 finished ones. A Python-level predict() per step would cost more than the step itself, and XLA's
-fused loop halves a beam's time on a CPU against TensorFlow's op-by-op one (not a greedy search's:
+fused loop runs a beam over twice as fast on a CPU as TensorFlow's op-by-op one (not a greedy search:
 XLA's product of one row by a matrix is slower than oneDNN's, so width 1 is not compiled by XLA).
 XLA compiles once per shape of its inputs (a second or two), so a search pads them to a few sizes:
 the context on the left to a multiple of CONTEXT_BUCKET, a shortlist with the next frequent words to
-a multiple of SHORTLIST_BUCKET, other candidates to multiples of TARGET_ROWS and TARGET_LENGTH. The loop is written in keras.ops, so
-on the jax and torch backends the same code runs eagerly.
+a multiple of SHORTLIST_BUCKET, other candidates to multiples of TARGET_ROWS and TARGET_LENGTH. The
+loop is written in keras.ops, so on the jax and torch backends the same code runs eagerly.
 
 Never emitted: <pad>, <unk>, <go>, <sep>, any `banned` id (the safety filter's words), <eos> before
 `min_len`, a token that would repeat an n-gram of the reply (`no_repeat_ngram`) or of the context
