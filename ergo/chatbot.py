@@ -63,7 +63,7 @@ SETTINGS = {
     "block_context_ngram": (int, 4, lambda v: 0 <= v <= 6,
                             "0 (off) or n from 1 to 6: no n-gram of the conversation repeated in the reply"),
     "temperature": (float, 0.8, lambda v: 0.05 <= v <= 5.0, "sampling temperature from 0.05 to 5"),
-    "top_k": (int, 40, lambda v: v >= 0, "sample among the k likeliest words (0: all)"),
+    "top_k": (int, 40, lambda v: 0 <= v <= 1000, "sample among the k likeliest words: 0 (all) to 1000"),
     "top_p": (float, 0.9, lambda v: 0.0 < v <= 1.0, "sample among the likeliest words holding this share "
                                                      "of probability, above 0 and up to 1"),
     "samples": (int, 5, lambda v: 1 <= v <= 32, "replies drawn by the sample decoder, then ranked: 1 to 32"),
@@ -121,16 +121,23 @@ class Chatbot:
         return self.bundle.path.resolve().parent.name if self.bundle.path.name == "best" else self.bundle.path.name
 
     def context(self, history: Sequence[str]) -> np.ndarray:
+        """The context window of the last K turns that have words, as preprocessing builds it (it skips
+        turns without tokens before it windows); only as many turns as that are tokenized."""
         cfg = self.bundle.data_config
-        turns = [self.vocab.encode(tokenize(t, cfg.lowercase)) for t in history[-cfg.context_turns:]]
-        return context_window([t for t in turns if t], cfg)
+        turns: list[list[int]] = []
+        for text in reversed(history):
+            if len(turns) == cfg.context_turns:
+                break
+            if ids := self.vocab.encode(tokenize(str(text), cfg.lowercase)):
+                turns.append(ids)
+        return context_window(turns[::-1], cfg)
 
     def reply(self, history: Sequence[str], **settings) -> Reply:
         """A reply to the last turn of `history` (the conversation so far, oldest first)."""
         started = time.perf_counter()
         settings = check_settings(settings)
-        if not history or not str(history[-1]).strip():
-            raise ErgoError("nothing to reply to: the last turn is empty")
+        if not history or not tokenize(str(history[-1]), self.bundle.data_config.lowercase):
+            raise ErgoError("nothing to reply to: the last turn has no words")
         return self.respond(self.context(history), started=started, **settings)
 
     def respond(self, context: np.ndarray, started: float | None = None, **settings) -> Reply:
@@ -138,15 +145,16 @@ class Chatbot:
         started = time.perf_counter() if started is None else started
         settings = check_settings(settings)
         shown = self._first_safe(self.candidates(context, settings))
+        ranked_by = settings
         if shown is None:  # every candidate blocked: look further down a wide beam before giving up
-            wide = dict(settings, beam_size=16, mmi=0.0)
-            shown = self._first_safe(self._rank(self._generate(context, wide, "beam", self.decoder.shortlist(context)),
-                                                wide))
+            ranked_by = dict(settings, beam_size=16, mmi=0.0)
+            shown = self._first_safe(self._rank(
+                self._generate(context, ranked_by, "beam", self.decoder.shortlist(context)), ranked_by))
         if shown is None:
             tokens = tokenize(FALLBACK_REPLY, lowercase=False)
             return Reply(FALLBACK_REPLY, tokens, 0.0, "fallback", time.perf_counter() - started, settings)
         best, tokens, text = shown
-        label = best.source + ("+mmi" if settings["mmi"] > 0 else "")
+        label = best.source + ("+mmi" if ranked_by["mmi"] > 0 else "")
         return Reply(text, tokens, best.candidate.logp / max(best.candidate.n_tokens, 1), label,
                      time.perf_counter() - started, settings)
 
@@ -154,11 +162,12 @@ class Chatbot:
         """Every candidate for the settings' mode, best first. Retrieval goes first: the retrieved
         replies are scored by the same compiled call as the search (the context is encoded once),
         and a shortlist (for a large vocabulary) holds their words too, so all compete on one scale.
-        A bundle without a retrieval index (`self.index` is None) answers every mode by generation."""
+        When retrieval finds nothing (no index in the bundle, a context of unknown words, or every reply
+        unusable), the retrieve mode answers by generation."""
         mode, anti = settings["mode"], settings["mmi"] > 0
         retrieved = self._retrieve(context, settings) if mode != "generate" and self.index is not None else []
         shortlist = self.decoder.shortlist(context, *(c.ids for c in retrieved))
-        if mode != "retrieve" or self.index is None:
+        if mode != "retrieve" or not retrieved:
             found = self._generate(context, settings, settings["decoder"], shortlist, anti, retrieved)
         else:
             found = [(c, "retrieval") for c in self.decoder.rescore(context, retrieved, shortlist=shortlist,

@@ -49,8 +49,12 @@ def test_every_mode_and_decoder_replies(bot, monkeypatch):
                                                    (decoder, "retrieval") if mode == "hybrid" else (decoder,))
     first = bot.reply(["hi!"], decoder="sample", seed=5, mode="generate")
     assert bot.reply(["hi!"], decoder="sample", seed=5, mode="generate").tokens == first.tokens
-    with pytest.raises(ErgoError, match="nothing to reply to"):
-        bot.reply(["hi", "  "])
+    for no_words in ("  ", "\x07"):
+        with pytest.raises(ErgoError, match="nothing to reply to"):
+            bot.reply(["hi", no_words])
+    assert bot.context(["hi", "\x07", "you?"]).tolist() == bot.context(["hi", "you?"]).tolist()
+    # a context of unknown words retrieves nothing (its sentence vector is zero): answered by generation
+    assert bot.reply(["qwertyzxq"], mode="retrieve", decoder="greedy").decoder == "greedy+mmi"
     monkeypatch.setattr(bot, "index", None)  # a bundle without a retrieval index answers by generation
     assert bot.reply(["hi!"], mode="retrieve", decoder="greedy").decoder == "greedy+mmi"
 
