@@ -118,3 +118,5 @@ def test_config_from_environment():
         WebConfig.from_env({"ERGO_HISTORY_TTL": "soon"})
     with pytest.raises(ErgoError, match="ERGO_MAX_MESSAGE_CHARS must be positive"):
         WebConfig.from_env({"ERGO_MAX_MESSAGE_CHARS": "0"})
+    with pytest.raises(ErgoError, match="ERGO_RATE_LIMIT is not a rate limit"):
+        WebConfig.from_env({"ERGO_RATE_LIMIT": "lots"})

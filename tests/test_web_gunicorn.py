@@ -93,6 +93,7 @@ BAD_CHATS = [
     ({"json": ["hi"]}, 400, "must be a JSON object"),
     ({"json": {"message": "hi", "mood": "happy"}}, 400, "unknown field 'mood'"),
     ({"data": "{not json", "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),
+    ({"data": "[" * 5000, "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),  # too deep
     ({"data": "message=hi"}, 400, "Content-Type: application/json"),
     ({"json": {"message": "hi", "settings": ["greedy"]}}, 400, "settings must be a JSON object"),
     ({"json": {"message": "hi", "settings": {"loudness": 11}}}, 400, "unknown setting 'loudness'"),

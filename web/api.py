@@ -43,7 +43,7 @@ def json_body(known: tuple[str, ...]) -> dict:
         abort(400, "send a JSON object with Content-Type: application/json")
     try:
         body = json.loads(request.get_data())  # past MAX_CONTENT_LENGTH this is a 413, nothing read
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep for the parser
         abort(400, "the request body is not valid JSON")
     if not isinstance(body, dict):
         abort(400, "the request body must be a JSON object")

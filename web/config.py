@@ -9,6 +9,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from limits import parse_many
+
 from ergo.errors import ErgoError
 
 ENV_PREFIX = "ERGO_"
@@ -35,7 +37,13 @@ class WebConfig:
             raw = env.get(name, "").strip()
             if not raw:
                 continue
-            if f.type == "str":
+            if f.name == "rate_limit":
+                try:
+                    parse_many(raw)  # Flask-Limiter reads it only at the first request, and then fails open
+                except ValueError:
+                    raise ErgoError(f"{name} is not a rate limit like '30 per 10 seconds;600 per hour': {raw!r}") from None
+                values[f.name] = raw
+            elif f.type == "str":
                 values[f.name] = raw
             elif f.type == "bool":
                 if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
