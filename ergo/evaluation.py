@@ -132,7 +132,7 @@ def evaluate(bundle_dir: Path, data_dir: Path, split: str = "test", *, rank_pair
         replies, seconds = [], []
         for n, i in enumerate(chosen):
             reply = bot.respond(pairs["context"][i], **settings, **_seeded(settings, n))
-            replies.append([t.lower() for t in reply.tokens])
+            replies.append(reply.tokens)  # cased as the references are: both come from the vocabulary
             seconds.append(reply.seconds)
         generation[name] = {**_generation_metrics(replies, references, generic),
                             "seconds_p50": float(np.median(seconds))}

@@ -56,10 +56,8 @@ def build_index(data: PreparedData, bundle_dir: Path) -> Path:
     """Write bundle_dir/retrieval.npz from the training split of `data` (a few seconds for 100k pairs)."""
     vocab, split = data.vocab(), data.split("train")
     word_vectors = data.embeddings().astype(np.float32)
-    counts = np.zeros(len(vocab), np.float64)
-    for key in ("context", "reply"):
-        for seq in split[key]:
-            counts += np.bincount(seq, minlength=len(vocab))
+    every_token = np.concatenate([np.zeros(0, np.int64), *split["context"], *split["reply"]])
+    counts = np.bincount(every_token, minlength=len(vocab)).astype(np.float64)
     word_weight = (SIF_A / (SIF_A + counts / max(counts.sum(), 1.0))).astype(np.float32)
     word_weight[: len(SPECIALS)] = 0.0
     replies = split["reply"]

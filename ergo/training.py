@@ -30,7 +30,7 @@ from .bundle import save_bundle
 from .config import ModelConfig, TrainConfig, to_dict
 from .dataset import PreparedData
 from .errors import ErgoError
-from .files import atomic_dir, atomic_write_text
+from .files import atomic_dir, atomic_path, atomic_write_text
 from .model import build_seq2seq, compile_for_training, perplexity
 from .retrieval import build_index
 
@@ -69,7 +69,10 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(saved, json.dumps(self.identity, indent=2))
             return
-        existing = json.loads(saved.read_text(encoding="utf-8"))
+        try:
+            existing = json.loads(saved.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise ErgoError(f"{saved} is damaged; use another --model-dir, or delete the folder to start over") from None
         differ = _differences(existing, self.identity)
         if differ:
             raise ErgoError(f"{self.path}/ holds a run with other settings ({'; '.join(differ[:4])}); "
@@ -204,7 +207,10 @@ def plot_curves(run: RunFolder) -> None:
 
     def rows(name):
         path = run.file(name)
-        return list(csv.DictReader(open(path))) if path.exists() else []
+        if not path.exists():
+            return []
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
 
     epochs, steps = rows("metrics.csv"), rows("steps.csv")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -220,10 +226,9 @@ def plot_curves(run: RunFolder) -> None:
     left.xaxis.get_major_locator().set_params(integer=True)
     right.set(title="training loss", xlabel="step", ylabel="cross-entropy per token")
     fig.tight_layout()
-    tmp = run.file(".curves.png.tmp")
-    fig.savefig(tmp, format="png", dpi=90)
+    with atomic_path(run.file("curves.png")) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
-    tmp.replace(run.file("curves.png"))
 
 
 def _distribution_scope():
@@ -269,7 +274,8 @@ def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, mo
         model = (build_seq2seq(model_cfg, len(vocab), matrix) if init_embeddings else
                  build_seq2seq(model_cfg, len(vocab), embedding_dim=matrix.shape[1]))
         compile_for_training(model, train_cfg)
-    state = load_latest(run, model) if resume else TrainState(learning_rate=train_cfg.learning_rate)
+        # the optimizer's variables, built on resume, must be made under the strategy too
+        state = load_latest(run, model) if resume else TrainState(learning_rate=train_cfg.learning_rate)
     if resume:
         log(f"resuming {run.path}/ after epoch {state.epoch}, batch {state.position} "
             f"(best validation perplexity so far {state.best_valid_ppl:.2f})")

@@ -74,6 +74,10 @@ def test_existing_run_is_not_overwritten_and_other_settings_are_refused(data, tr
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ErgoError, match="not empty and holds no ErGo run"):
         train(data, TINY.model, TINY.train, tmp_path / "other", **QUIET)
+    (run / "run.json").write_text("{half a json")
+    with pytest.raises(ErgoError, match="run.json is damaged"):
+        train(data, TINY.model, TINY.train, run, resume=True, **QUIET)
+    assert (run / "best" / "card.json").is_file()  # nothing saved is lost
 
 
 class StopAt(keras.callbacks.Callback):
