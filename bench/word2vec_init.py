@@ -1,10 +1,11 @@
 """Does word2vec initialisation earn its place? Validation perplexity after the same training with and
 without it, on the default corpus.
 
-    python bench/word2vec_init.py [--preset quick] [--epochs 2] [--hidden H] [--train-pairs N]
+    python bench/word2vec_init.py [--preset quick] [--epochs 2] [--hidden H] [--data-dir DIR]
 
 Both runs share the data, the seed, the model and the number of steps; only the embeddings' starting
-point differs (word2vec vectors vs Keras's uniform random init). Runs go into a temp folder.
+point differs (word2vec vectors vs Keras's uniform random init). Runs go into a temp folder; the data
+into data/chitchat-<preset> (as main.py --preprocess puts it), reused when it is already there.
 """
 import argparse
 import os
@@ -26,8 +27,9 @@ def main() -> None:
     p.add_argument("--preset", default="quick")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--hidden", type=int)
-    p.add_argument("--data-dir", type=Path, default=Path("data/chitchat-quick"))
+    p.add_argument("--data-dir", type=Path)
     args = p.parse_args()
+    args.data_dir = args.data_dir or Path(f"data/chitchat-{args.preset}")
     preset = get_preset(args.preset)
     data, _ = preprocess(corpora.resolve("chitchat"), preset.data, args.data_dir, progress=False)
     model_cfg = override(preset.model, hidden=args.hidden)
