@@ -35,6 +35,7 @@ def test_turns_come_back_in_order_and_numbered(store):
     turns = store.turns(c)
     assert [(t["n"], t["role"], t["text"]) for t in turns] == [
         (1, "user", "message 1"), (2, "bot", "reply 1"), (3, "user", "message 2"), (4, "bot", "reply 2")]
+    assert [t["n"] for t in store.turns(c, last=3)] == [2, 3, 4]  # what a reply's context reads
 
 
 def test_cap_drops_the_oldest_and_numbering_goes_on(redis_server):

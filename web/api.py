@@ -125,7 +125,8 @@ def api_blueprint(bot, store: ConversationStore, config: WebConfig, limit) -> Bl
         cid = conversation_id()
         degraded, turn = False, None
         try:
-            context = [t["text"] for t in store.turns(cid)]
+            # the window's turns and as many spare, should some have no words (Chatbot.context skips them)
+            context = [t["text"] for t in store.turns(cid, last=2 * bot.bundle.data_config.context_turns)]
         except StoreUnavailable as e:
             store_failed(e)
             context, degraded = [], True

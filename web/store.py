@@ -94,17 +94,20 @@ class ConversationStore:
             return False
 
     @_unavailable
-    def turns(self, cid: str, votes: bool = False) -> list[dict]:
-        """The kept turns, oldest first ({n, role, text, time, ...}); with votes, each bot turn's vote."""
+    def turns(self, cid: str, votes: bool = False, last: int = 0) -> list[dict]:
+        """The kept turns, oldest first ({n, role, text, time, ...}), or only the `last` ones (a reply's
+        context needs a few); with votes, each bot turn's vote."""
         keys = self.keys(cid)
         pipe = self.client.pipeline(transaction=True)
-        pipe.lrange(keys[0], 0, -1)
-        pipe.hgetall(keys[2])
+        pipe.lrange(keys[0], -last if last else 0, -1)
+        if votes:
+            pipe.hgetall(keys[2])
         for key in keys:
             pipe.expire(key, self.ttl)
-        raw, feedback = pipe.execute()[:2]
-        turns = [json.loads(t) for t in raw]
+        results = pipe.execute()
+        turns = [json.loads(t) for t in results[0]]
         if votes:
+            feedback = results[1]
             for t in turns:
                 if str(t["n"]) in feedback:
                     t["vote"] = json.loads(feedback[str(t["n"])])["vote"]
