@@ -28,6 +28,11 @@ class DataConfig:
     w2v_epochs: int = 5
     w2v_window: int = 5
 
+    def __post_init__(self):
+        _check(self, at_least_1=("context_turns", "max_context_len", "max_reply_len", "min_count", "max_vocab",
+                                 "embedding_dim", "w2v_epochs", "w2v_window"),
+               fractions=("valid_fraction", "test_fraction"))
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -42,6 +47,9 @@ class ModelConfig:
     freeze_embeddings: bool = False  # keep the word2vec vectors fixed
     sampled_softmax: int = 0        # >0: that many sampled classes in training (full softmax to validate)
 
+    def __post_init__(self):
+        _check(self, at_least_1=("hidden", "layers"), at_least_0=("sampled_softmax",), fractions=("dropout",))
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -55,6 +63,21 @@ class TrainConfig:
     patience: int = 3               # epochs without a better validation perplexity before stopping
     log_every: int = 100            # steps between training-loss lines in metrics and TensorBoard
     mixed_precision: bool = False
+
+    def __post_init__(self):
+        _check(self, at_least_1=("epochs", "batch_size", "patience", "log_every"),
+               positive=("learning_rate", "clipnorm", "lr_decay"))
+
+
+def _check(settings, at_least_1=(), at_least_0=(), positive=(), fractions=()) -> None:
+    """A clear ErgoError for a value that would only fail later, deep in training, as a traceback."""
+    rules = [(at_least_1, lambda v: v >= 1, "at least 1"), (at_least_0, lambda v: v >= 0, "0 or more"),
+             (positive, lambda v: v > 0, "above 0"), (fractions, lambda v: 0 <= v < 1, "from 0 up to (not including) 1")]
+    for names, ok, what in rules:
+        for name in names:
+            value = getattr(settings, name)
+            if not ok(value):
+                raise ErgoError(f"{name.replace('_', '-')} must be {what}, not {value!r}")
 
 
 @dataclass(frozen=True)

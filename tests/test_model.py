@@ -178,6 +178,12 @@ def test_bad_settings_are_refused():
         build_seq2seq(tiny(hidden=15, bidirectional_encoder=True), V, matrix())
     with pytest.raises(ErgoError, match="rows"):
         build_seq2seq(tiny(), V + 1, matrix())
+    for cfg, message in [(lambda: tiny(dropout=1.0), "dropout must be from 0 up to"),
+                         (lambda: tiny(layers=0), "layers must be at least 1, not 0"),
+                         (lambda: TrainConfig(batch_size=0), "batch-size must be at least 1, not 0"),
+                         (lambda: TrainConfig(learning_rate=-1e-3), "learning-rate must be above 0")]:
+        with pytest.raises(ErgoError, match=message):  # at once, not as a traceback deep in training
+            cfg()
 
 
 OTHER_BACKEND = """
