@@ -1,9 +1,12 @@
 """The retrieval index as a search keeps it: int16 rows, and the same neighbours as float32 products."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from ergo.retrieval import SEARCH_BLOCK, RetrievalIndex, _sentence_vectors
+from ergo.retrieval import (SEARCH_BLOCK, RetrievalIndex, _fixed_point, _sentence_vectors, block_products,
+                            row_products)
 
 
 def random_index(rows: int, dim: int = 64, words: int = 50, seed: int = 0):
@@ -21,11 +24,21 @@ def random_index(rows: int, dim: int = 64, words: int = 50, seed: int = 0):
 
 
 def test_the_index_holds_int16_rows_at_half_the_memory_of_float32():
-    index, exact = random_index(3000)
-    assert index.vectors.dtype == np.int16 and index.vectors.shape == exact.shape
-    assert index.vectors.nbytes + index.row_scale.nbytes < exact.nbytes * 0.55
-    assert np.abs(index.vectors.astype(np.float32) * index.row_scale[:, None] - exact).max() < 1e-5
-    assert not index.vectors[7].any()
+    _, exact = random_index(3000)
+    rows, scale = _fixed_point(exact.astype(np.float16))
+    assert rows.dtype == np.int16 and rows.shape == exact.shape
+    assert rows.nbytes + scale.nbytes < exact.nbytes * 0.55
+    assert np.abs(rows.astype(np.float32) * scale[:, None] - exact).max() < 1e-5
+    assert not rows[7].any()
+
+
+def test_both_products_of_the_int16_rows_are_float32_products():
+    rng = np.random.default_rng(3)
+    rows = rng.integers(-32767, 32768, (2 * SEARCH_BLOCK + 123, 64), dtype=np.int16)  # a short last block
+    query = rng.normal(size=64).astype(np.float32)
+    exact = rows.astype(np.float64) @ query
+    for products in (row_products(rows), functools.partial(block_products, rows)):
+        np.testing.assert_allclose(products(query) / 32767, exact / 32767, atol=1e-5)  # float32 sums of 64
 
 
 def test_search_finds_the_neighbours_float32_products_of_the_file_find():
