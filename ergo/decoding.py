@@ -1,12 +1,13 @@
 """Turning a context into candidate replies with a trained Seq2Seq, and scoring given replies.
 
-Searches: beam search (greedy is a beam of one) and sampling (temperature, top-k, top-p, seeded).
-Each search is ONE compiled function with the whole loop inside (tf.function on TensorFlow, traced
-once per shape of search, and compiled by XLA): the encoder runs once, each step is one batched
-decoder step for the whole beam, and the loop stops as soon as the live hypotheses stop beating the
-finished ones. A Python-level predict() per step would cost more than the step itself, and XLA's
-fused loop runs a beam over twice as fast on a CPU as TensorFlow's op-by-op one (not a greedy search:
-XLA's product of one row by a matrix is slower than oneDNN's, so width 1 is not compiled by XLA).
+Searches: greedy, beam search and sampling (temperature, top-k, top-p, seeded). Each search is ONE
+compiled function with the whole loop inside (tf.function on TensorFlow, traced once per shape of
+search, and compiled by XLA): the encoder runs once, each step is one batched decoder step for the
+whole beam, and the loop stops as soon as the live hypotheses stop beating the finished ones. A
+Python-level predict() per step would cost more than the step itself, and XLA's fused loop runs a
+search about twice as fast on a CPU as TensorFlow's op-by-op one: its products of one row by a matrix
+use both cores, TensorFlow's one. Greedy picks each token by argmax, not as a beam of one: a top-k
+is a sort in XLA on a CPU, and sorting the shortlist at every step would cost more than the step.
 XLA compiles once per shape of its inputs (a second or two), so a search pads them to a few sizes:
 the context on the left to a multiple of CONTEXT_BUCKET, a shortlist with the next frequent words to
 a multiple of SHORTLIST_BUCKET, other candidates to multiples of TARGET_ROWS and TARGET_LENGTH. The
@@ -47,7 +48,7 @@ EMPTY_CONTEXT = np.array([PAD_ID], dtype=np.int32)  # encodes to zero states: th
 SHORTLIST = 4000   # frequent words every reply may use when the vocabulary is shortlisted
 CONTEXT_BUCKET = 8       # a search's context is left-padded to a multiple of this
 SHORTLIST_BUCKET = 256   # ... its shortlist (of SHORTLIST_BUCKET frequent words or more) filled to one of this
-TARGET_ROWS, TARGET_LENGTH = 8, 32  # ... and other candidates padded to multiples of these
+TARGET_ROWS, TARGET_LENGTH = 4, 8   # ... and other candidates padded to multiples of these
 _NEG = float("-inf")
 
 
@@ -107,8 +108,8 @@ class Decoder:
 
     `shortlist`: the number of frequent words of a reply's shortlist; None picks SHORTLIST for a
     vocabulary over 2 x SHORTLIST words and the full vocabulary otherwise; 0 never shortlists.
-    `xla`: compile searches of more than one row with XLA (faster once compiled; each new shape of
-    inputs first costs a compile of a second or two and some memory).
+    `xla`: compile the searches with XLA (faster once compiled; each new shape of inputs first costs a
+    compile of a second or two and some memory).
     """
 
     def __init__(self, model, banned: Sequence[int] = (), shortlist: int | None = None, xla: bool = True):
@@ -122,14 +123,16 @@ class Decoder:
         self._searches: dict = {}
         self._scores: dict = {}
 
+    def _frequent(self) -> np.ndarray:
+        return np.arange(self.shortlist_size, dtype=np.int32)
+
     def shortlist(self, context: np.ndarray, *others: Sequence[int]) -> np.ndarray | None:
         """The ids a reply to `context` may use (None: all), sorted: the frequent words, <eos>, the
         context's words and those of `others` (candidates that must be scored on the same terms)."""
         if not self.shortlist_size:
             return None
-        extra = [np.asarray(o, np.int32) for o in others if len(o)]
-        return np.unique(np.concatenate([np.arange(self.shortlist_size, dtype=np.int32), [EOS_ID],
-                                         np.asarray(context, np.int32), *extra]))
+        extra = np.concatenate([[EOS_ID], np.asarray(context, np.int32), *(np.asarray(o, np.int32) for o in others)])
+        return np.concatenate([self._frequent(), np.unique(extra[extra >= self.shortlist_size]).astype(np.int32)])
 
     # -- public searches -------------------------------------------------------------------------
     # Each returns the search's candidates, then the `also` candidates (replies found elsewhere, e.g.
@@ -144,16 +147,17 @@ class Decoder:
         """The n-best (up to `beam_size`), best first by log p / length_penalty(n_tokens)."""
         fn = self._search("beam", beam_size, max_len, no_repeat_ngram, block_context_ngram, shortlist is not None,
                           anti_lm, bool(also))
-        ctx, targets, ids = self._inputs(beam_size, context, also, shortlist)
+        ctx, targets, ids = self._inputs(context, also, shortlist)
         return self._run(fn, also, ctx, np.int32(min_len), np.float32(length_penalty), self.banned, targets, *ids)
 
     def greedy(self, context: np.ndarray, *, max_len: int = 20, min_len: int = 1, no_repeat_ngram: int = 3,
                block_context_ngram: int = 0, shortlist: np.ndarray | None = None, anti_lm: bool = False,
                also: Sequence[Candidate] = ()) -> list[Candidate]:
-        """The most likely token at each step: a beam of one, ranked by total log-probability."""
-        return self.beam(context, beam_size=1, max_len=max_len, min_len=min_len, length_penalty=0.0,
-                         no_repeat_ngram=no_repeat_ngram, block_context_ngram=block_context_ngram,
-                         shortlist=shortlist, anti_lm=anti_lm, also=also)
+        """One reply: the most likely token at each step, until <eos> or max_len."""
+        fn = self._search("greedy", 1, max_len, no_repeat_ngram, block_context_ngram, shortlist is not None,
+                          anti_lm, bool(also))
+        ctx, targets, ids = self._inputs(context, also, shortlist)
+        return self._run(fn, also, ctx, np.int32(min_len), self.banned, targets, *ids)
 
     def sample(self, context: np.ndarray, *, samples: int = 1, max_len: int = 20, min_len: int = 1,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
@@ -164,7 +168,7 @@ class Decoder:
         k = min(top_k, self.shortlist_size if shortlist is not None else self.vocab_size) if top_k > 0 else 0
         fn = self._search("sample", samples, max_len, no_repeat_ngram, block_context_ngram, shortlist is not None,
                           anti_lm, bool(also), k)
-        ctx, targets, ids = self._inputs(samples, context, also, shortlist)
+        ctx, targets, ids = self._inputs(context, also, shortlist)
         return self._run(fn, also, ctx, np.int32(min_len), np.float32(temperature), np.float32(top_p),
                          np.int32(seed % 2**31), self.banned, targets, *ids)
 
@@ -205,7 +209,7 @@ class Decoder:
         if shortlist is None:
             return ()
         ids = np.asarray(shortlist, np.int32)
-        if not np.array_equal(ids[:self.shortlist_size], np.arange(self.shortlist_size)):
+        if not np.array_equal(ids[:self.shortlist_size], self._frequent()):
             raise ValueError(f"a shortlist starts with the {self.shortlist_size} most frequent ids, as "
                              f"Decoder.shortlist makes it")
         return (ids,)
@@ -214,13 +218,13 @@ class Decoder:
         context = np.asarray(context, dtype=np.int32)
         return context if len(context) else EMPTY_CONTEXT
 
-    def _inputs(self, width: int, context, also: Sequence[Candidate], shortlist) -> tuple:
-        """(context, `also` targets, shortlist as a tuple) for a search of `width` rows; padded to few
-        shapes when XLA compiles it. A context left-padded encodes the same (see
-        Seq2Seq.encode_left_padded), and <pad> is in no n-gram a reply can repeat."""
+    def _inputs(self, context, also: Sequence[Candidate], shortlist) -> tuple:
+        """(context, `also` targets, shortlist as a tuple) for a search; padded to few shapes when XLA
+        compiles it. A context left-padded encodes the same (see Seq2Seq.encode_left_padded), and
+        <pad> is in no n-gram a reply can repeat."""
         context = self._context(context)
         replies, ended = [c.ids for c in also], [c.ended for c in also]
-        if not (self.xla and width > 1):
+        if not self.xla:
             return context, _targets(replies, ended), self._ids(shortlist)
         context = np.pad(context, (_round_up(len(context), CONTEXT_BUCKET) - len(context), 0))
         return context, _targets(replies, ended, TARGET_ROWS, TARGET_LENGTH), self._ids(self._filled(shortlist))
@@ -232,9 +236,11 @@ class Decoder:
             return shortlist
         ids = np.asarray(shortlist, np.int32)
         missing = min(_round_up(len(ids), SHORTLIST_BUCKET), self.vocab_size) - len(ids)
-        window = np.arange(self.shortlist_size, min(self.vocab_size, self.shortlist_size + len(ids) + missing),
+        extra = ids[self.shortlist_size:]  # the words past the frequent ones, sorted
+        window = np.arange(self.shortlist_size, min(self.vocab_size, self.shortlist_size + len(extra) + missing),
                            dtype=np.int32)
-        return np.union1d(ids, np.setdiff1d(window, ids, assume_unique=True)[:missing]).astype(np.int32)
+        fill = np.setdiff1d(window, extra, assume_unique=True)[:missing]
+        return np.concatenate([self._frequent(), np.union1d(extra, fill).astype(np.int32)])
 
     @staticmethod
     def _run(fn, also, *args) -> list[Candidate]:
@@ -254,11 +260,14 @@ class Decoder:
             if kind == "beam":
                 fn = functools.partial(self._beam_graph, **shape)
                 sig = [([None], "int32"), ([], "int32"), ([], "float32")]
+            elif kind == "greedy":
+                fn = functools.partial(self._greedy_graph, **shape)
+                sig = [([None], "int32"), ([], "int32")]
             else:
                 fn = functools.partial(self._sample_graph, top_k=top_k, **shape)
                 sig = [([None], "int32"), ([], "int32"), ([], "float32"), ([], "float32"), ([], "int32")]
             sig += [([None], "int32"), ([None, None], "int32")] + [([None], "int32")] * short
-            self._searches[key] = _compile(fn, sig, jit=self.xla and width > 1)
+            self._searches[key] = _compile(fn, sig, jit=self.xla)
         return self._searches[key]
 
     def _projection(self, ids):
@@ -377,24 +386,19 @@ class Decoder:
         return tokens, lengths, logp, ended, anti, also_logp, also_anti
 
     def _forced(self, memory, states, targets, projection, ids):
-        """Sum of log p(target) of each row [R, T] (<pad> targets count for nothing, and the steps after
-        the longest row's last target are not run), teacher-forced."""
+        """Sum of log p(target) of each row [R, T] (<pad> targets count for nothing), teacher-forced
+        over all steps at once (Seq2Seq.decode_sequence): a loop of single steps would multiply by
+        every weight at each of them, in products too small to run at a CPU's speed."""
         real = targets != PAD_ID
-        steps = ops.max(ops.sum(ops.cast(real, "int32"), axis=1), initial=0)
+        decoder_in = ops.concatenate([ops.full((ops.shape(targets)[0], 1), GO_ID, "int32"), targets[:, :-1]], 1)
+        features = self.model.decode_sequence(decoder_in, states, memory)
+        kernel, bias = projection
+        logits = ops.matmul(features, ops.cast(kernel, features.dtype)) + ops.cast(bias, features.dtype)
+        logp = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
         if ids is not None:  # target ids -> their columns in the shortlist
             targets = ops.take(ops.scatter(ids[:, None], ops.arange(ops.shape(ids)[0]), (self.vocab_size,)), targets)
-        n_rows = ops.shape(targets)[0]
-
-        def body(t, prev, states, total):
-            logp, states = self._step(prev, states, memory, projection)
-            column = ops.take(targets, t, axis=1)
-            picked = ops.take_along_axis(logp, column[:, None], axis=1)[:, 0]
-            total = total + ops.where(ops.take(real, t, axis=1), picked, 0.0)
-            return t + 1, ops.take(ids, column) if ids is not None else column, states, total
-
-        loop = (ops.convert_to_tensor(0, "int32"), ops.full((n_rows,), GO_ID, "int32"), states,
-                ops.zeros((n_rows,), "float32"))
-        return ops.while_loop(lambda t, *_: t < steps, body, loop)[3]
+        picked = ops.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        return ops.sum(ops.where(real, picked, 0.0), axis=-1)
 
     def _beam_graph(self, ctx, min_len, alpha, banned, also, ids=None, *, width, max_len, n_rep, n_ctx,
                     anti_lm, has_also):
@@ -447,10 +451,25 @@ class Decoder:
 
         return self._searched(ctx, banned, also, ids, width, anti_lm, has_also, search)
 
-    def _sample_graph(self, ctx, min_len, temperature, top_p, seed, banned, also, ids=None, *, width, max_len,
-                      n_rep, n_ctx, anti_lm, has_also, top_k):
+    def _greedy_graph(self, ctx, min_len, banned, also, ids=None, **shape):
+        """The likeliest token at each step, by argmax (see the module's docstring)."""
+        return self._drawn(ctx, min_len, banned, also, ids, lambda logp, t: ops.argmax(logp, axis=-1), **shape)
+
+    def _sample_graph(self, ctx, min_len, temperature, top_p, seed, banned, also, ids=None, *, top_k, **shape):
         """`width` independent samples: at each step keep the top_k tokens (0: all), then the smallest
         set of them whose probability reaches top_p, and draw by the Gumbel-max trick."""
+        def pick(logp, t):
+            vals, idx = ops.top_k(logp / temperature, top_k or ops.shape(logp)[-1])
+            probs = ops.exp(vals - ops.logsumexp(vals, axis=-1, keepdims=True))
+            vals = ops.where(ops.cumsum(probs, axis=-1) - probs < top_p, vals, _NEG)
+            gumbel = -ops.log(-ops.log(_uniform(ops.shape(vals), seed, t)))
+            return ops.take_along_axis(idx, ops.argmax(vals + gumbel, axis=-1)[:, None], axis=1)[:, 0]
+
+        return self._drawn(ctx, min_len, banned, also, ids, pick, **shape)
+
+    def _drawn(self, ctx, min_len, banned, also, ids, pick, *, width, max_len, n_rep, n_ctx, anti_lm, has_also):
+        """`width` rows, each grown by the column `pick(logp [W, S], t)` [W] chooses at every step until
+        it draws <eos> or reaches max_len."""
         ctx_ngrams = self._context_ngrams(ctx, n_ctx)
         positions = ops.arange(max_len)[None, :]
 
@@ -458,11 +477,7 @@ class Decoder:
             def body(t, prev, states, tokens, total, length, ended):
                 logp, states = self._step_logp(prev, states, memory, projection, space, tokens, t, min_len,
                                                ctx_ngrams, n_rep)
-                vals, idx = ops.top_k(logp / temperature, top_k or ops.shape(logp)[-1])
-                probs = ops.exp(vals - ops.logsumexp(vals, axis=-1, keepdims=True))
-                vals = ops.where(ops.cumsum(probs, axis=-1) - probs < top_p, vals, _NEG)
-                gumbel = -ops.log(-ops.log(_uniform(ops.shape(vals), seed, t)))
-                pos = ops.take_along_axis(idx, ops.argmax(vals + gumbel, axis=-1)[:, None], axis=1)[:, 0]
+                pos = ops.cast(pick(logp, t), "int32")
                 tok_logp = ops.take_along_axis(logp, pos[:, None], axis=1)[:, 0]
                 tok = pos if ids is None else ops.take(ids, pos)
                 total = total + ops.where(ended, 0.0, tok_logp)

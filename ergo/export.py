@@ -61,21 +61,23 @@ def _serving_module(bot: Chatbot, s: dict):
     spec = [tf.TensorSpec([None], tf.int32, name="context_ids")]
     shape = dict(max_len=s["max_len"], n_rep=s["no_repeat_ngram"], n_ctx=s["block_context_ngram"])
 
-    def search(context_ids, width, alpha):
+    def search(context_ids, width, alpha=None):
+        """The greedy search (alpha None) or a beam of `width`, as Decoder.greedy and Decoder.beam run them."""
         context_ids = tf.cond(tf.size(context_ids) > 0, lambda: context_ids, lambda: tf.zeros([1], tf.int32))
         ids = None
         if decoder.shortlist_size:
             frequent = tf.range(decoder.shortlist_size, dtype=tf.int32)
             ids = tf.sort(tf.unique(tf.concat([frequent, [EOS_ID], context_ids], 0)).y)
-        tokens, lengths, logp, *_ = decoder._beam_graph(
-            context_ids, tf.constant(s["min_len"]), tf.constant(alpha), tf.constant(decoder.banned),
-            tf.zeros([0, 1], tf.int32), ids, width=width, anti_lm=False, has_also=False, **shape)
+        settings = [] if alpha is None else [tf.constant(alpha)]
+        graph = decoder._greedy_graph if alpha is None else decoder._beam_graph
+        tokens, lengths, logp, *_ = graph(context_ids, tf.constant(s["min_len"]), *settings, tf.constant(decoder.banned),
+                                          tf.zeros([0, 1], tf.int32), ids, width=width, anti_lm=False,
+                                          has_also=False, **shape)
         return {"reply_ids": tokens[0, :lengths[0]], "log_prob": logp[0]}
 
     module = tf.Module()
     module.model = bot.model
-    module.greedy = tf.function(lambda context_ids: search(context_ids, 1, 0.0), input_signature=spec,
-                                autograph=False)
+    module.greedy = tf.function(lambda context_ids: search(context_ids, 1), input_signature=spec, autograph=False)
     module.beam = tf.function(lambda context_ids: search(context_ids, s["beam_size"], s["length_penalty"]),
                               input_signature=spec, autograph=False)
     return module

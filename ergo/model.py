@@ -157,6 +157,17 @@ class Seq2Seq(keras.Model):
             new_states.append((h, c))
         return self._attend(ops.expand_dims(x, 1), memory, training=False)[:, 0], tuple(new_states)
 
+    def decode_sequence(self, decoder_in, states, memory):
+        """Teacher-forced decoding from given states and memory (a search's encoded context, one row
+        per target): decoder_in [B, T] -> features [B, T, hidden], as `features` computes them after
+        `encode`. Each layer projects all steps' inputs in one matrix product and loops only over
+        the recurrent one (see `_lstm_sequence`), so most of the work is in large products."""
+        x = self.dec_embedding(decoder_in)
+        real = ops.ones(ops.shape(decoder_in), dtype="bool")
+        for lstm, initial in zip(self.decoder, states):
+            x, _ = _lstm_sequence(lstm.cell, x, real, initial)
+        return self._attend(x, memory, training=False)
+
     def decode_step(self, prev_token, states, memory):
         """One decoder step for a batch: prev_token [B] -> (logits [B, V], new states)."""
         features, new_states = self.decode_features(prev_token, states, memory)
@@ -204,12 +215,13 @@ def _embedding(vocab_size, dim, matrix, frozen, prefix):
     return emb
 
 
-def _lstm_sequence(cell, x, mask):
-    """An LSTM cell run over x [B, T, in] from zero states -> (outputs [B, T, H], (h, c)), with the
-    input projection of all steps as one matrix product before the loop; where mask [B, T] is False
-    the states stay as they were."""
+def _lstm_sequence(cell, x, mask, initial=None):
+    """An LSTM cell run over x [B, T, in] from `initial` states (h, c) (default zeros) -> (outputs
+    [B, T, H], (h, c)), with the input projection of all steps as one matrix product before the loop;
+    where mask [B, T] is False the states stay as they were."""
     projected = ops.transpose(ops.matmul(x, cell.kernel) + cell.bias, (1, 0, 2))  # [T, B, 4H]
     zeros = ops.zeros((ops.shape(x)[0], cell.units), dtype=projected.dtype)
+    initial = (zeros, zeros) if initial is None else initial
 
     def step(carry, inputs):
         (h, c), z, real = carry, inputs[..., :-1], inputs[..., -1:] > 0
@@ -221,7 +233,7 @@ def _lstm_sequence(cell, x, mask):
 
     # The mask rides along as one more column: Keras's scan on TensorFlow fails on two sequences of unknown length.
     real = ops.expand_dims(ops.cast(ops.transpose(mask), projected.dtype), -1)  # [T, B, 1]
-    (h, c), (outputs, _) = ops.scan(step, (zeros, zeros), ops.concatenate([projected, real], -1))
+    (h, c), (outputs, _) = ops.scan(step, tuple(initial), ops.concatenate([projected, real], -1))
     return ops.transpose(outputs, (1, 0, 2)), (h, c)
 
 
