@@ -100,7 +100,8 @@ class Chatbot:
     def __init__(self, bundle: Bundle, blocklist: Path | None = None, shortlist: int | None = None,
                  xla: bool = True):
         """`blocklist`: the safety filter's file (default: the bundle's blocklist.txt, else ergo's own);
-        `shortlist` and `xla`: see `Decoder` (default: shortlist large vocabularies only; XLA on)."""
+        `shortlist` and `xla`: see `Decoder` and `row_products` (default: shortlist large vocabularies
+        only; XLA on)."""
         from .decoding import Decoder
         self.bundle = bundle
         self.vocab = bundle.vocab
@@ -108,7 +109,7 @@ class Chatbot:
         own = bundle.path / "blocklist.txt"
         self.safety = SafetyFilter.load(blocklist if blocklist is not None else own if own.is_file() else None)
         self.decoder = Decoder(self.model, banned=self.safety.banned_ids(self.vocab), shortlist=shortlist, xla=xla)
-        self.index = RetrievalIndex.load(bundle.path, self.vocab)
+        self.index = RetrievalIndex.load(bundle.path, self.vocab, xla=xla)
         self._rng = np.random.default_rng()
 
     @classmethod

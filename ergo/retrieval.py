@@ -85,14 +85,14 @@ def _fixed_point(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.rint(rows, out=rows).astype(np.int16), scale
 
 
-def row_products(rows: np.ndarray):
-    """query [D] -> rows [N, D] int16 times query, in float32. On TensorFlow the rows move into a tensor
-    (no second copy is kept) and one XLA-compiled product widens each row as it reads it: 2.7 ms for
-    100k rows of 256, against 11.6 ms for numpy, which must widen rows into memory (a block at a time)
-    before multiplying. It compiles once, for the index's one shape, so it runs with XLA even where
-    the searches do not. Other backends use the numpy blocks."""
+def row_products(rows: np.ndarray, xla: bool):
+    """query [D] -> rows [N, D] int16 times query, in float32. With `xla` on TensorFlow the rows move
+    into a tensor (no numpy copy is kept) and one XLA-compiled product widens each row as it reads it:
+    2.7 ms for 100k rows of 256, against 11.6 ms for numpy, which must widen rows into memory (a block
+    at a time) before multiplying. Without it (the web's workers: XLA's compiler would cost each
+    ~60 MB), and on other backends, numpy does."""
     import keras
-    if keras.backend.backend() != "tensorflow":
+    if not xla or keras.backend.backend() != "tensorflow":
         return functools.partial(block_products, rows)
     import tensorflow as tf
     table = tf.constant(rows)
@@ -109,10 +109,11 @@ def block_products(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 class RetrievalIndex:
     def __init__(self, vectors: np.ndarray, word_vectors: np.ndarray, word_weight: np.ndarray,
-                 reply_ids: np.ndarray, reply_offsets: np.ndarray):
+                 reply_ids: np.ndarray, reply_offsets: np.ndarray, xla: bool = False):
+        """`xla`: see `row_products`."""
         rows, self.row_scale = _fixed_point(vectors)
         self.shape = rows.shape
-        self._products = row_products(rows)
+        self._products = row_products(rows, xla)
         self.word_vectors, self.word_weight = word_vectors, word_weight
         self.reply_ids, self.reply_offsets = reply_ids, reply_offsets
 
@@ -120,7 +121,7 @@ class RetrievalIndex:
         return self.shape[0]
 
     @classmethod
-    def load(cls, bundle_dir: Path, vocab: Vocab) -> "RetrievalIndex | None":
+    def load(cls, bundle_dir: Path, vocab: Vocab, xla: bool = False) -> "RetrievalIndex | None":
         """The bundle's index, or None when it has none; an index of another vocabulary is refused."""
         path = Path(bundle_dir) / INDEX_FILE
         if not path.is_file():
@@ -130,7 +131,7 @@ class RetrievalIndex:
                 if str(z["vocab_digest"]) != vocab_digest(vocab):
                     raise ErgoError(f"{path} was built for another vocabulary; rebuild it with "
                                     f"ergo.retrieval.build_index")
-                return cls(z["vectors"], z["word_vectors"], z["word_weight"], z["reply_ids"], z["reply_offsets"])
+                return cls(z["vectors"], z["word_vectors"], z["word_weight"], z["reply_ids"], z["reply_offsets"], xla)
         except (OSError, ValueError, KeyError) as e:
             raise ErgoError(f"{path}: damaged retrieval index ({e})") from None
 

@@ -72,23 +72,24 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(bot):
 
 
 def test_one_call_also_scores_other_replies_and_the_anti_lm_exactly(bot):
-    d, ctx = bot.decoder, np.array(CONTEXTS[1], np.int32)
+    ctx = np.array(CONTEXTS[1], np.int32)
     others = [Candidate([5, 6, 7], 0.0, True), Candidate([9, 10, 11, 12], 0.0, False), Candidate([13], 0.0, True)]
-    plain = d.beam(ctx, beam_size=3, max_len=8)
-    for found in (d.beam(ctx, beam_size=3, max_len=8, anti_lm=True, also=others),
-                  d.sample(ctx, samples=2, max_len=8, anti_lm=True, also=others, seed=1)):
-        scored = found[-len(others):]
-        assert [(c.ids, c.ended) for c in scored] == [(c.ids, c.ended) for c in others]
-        exact = d.score([ctx] * len(others), [c.ids for c in others], [c.ended for c in others])
-        np.testing.assert_allclose([c.logp for c in scored], exact, rtol=1e-4, atol=1e-4)
-        empty = d.score([EMPTY_CONTEXT] * len(found), [c.ids for c in found], [c.ended for c in found])
-        np.testing.assert_allclose([c.anti for c in found], empty, rtol=1e-4, atol=1e-4)
-    assert all(c.anti < 0 for c in found)
-    rescored = d.rescore(ctx, others, anti_lm=True)  # the same scores without a search
-    np.testing.assert_allclose([c.logp for c in rescored], exact, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose([c.anti for c in rescored], [c.anti for c in scored], rtol=1e-4, atol=1e-4)
-    nbest = d.beam(ctx, beam_size=3, max_len=8, anti_lm=True, also=others)[:-len(others)]
-    assert [(c.ids, c.logp) for c in nbest] == [(c.ids, c.logp) for c in plain]  # riders change nothing
+    for d in (bot.decoder, Decoder(bot.model, xla=False)):  # teacher-forced all at once, and by steps
+        plain = d.beam(ctx, beam_size=3, max_len=8)
+        for found in (d.beam(ctx, beam_size=3, max_len=8, anti_lm=True, also=others),
+                      d.sample(ctx, samples=2, max_len=8, anti_lm=True, also=others, seed=1)):
+            scored = found[-len(others):]
+            assert [(c.ids, c.ended) for c in scored] == [(c.ids, c.ended) for c in others]
+            exact = d.score([ctx] * len(others), [c.ids for c in others], [c.ended for c in others])
+            np.testing.assert_allclose([c.logp for c in scored], exact, rtol=1e-4, atol=1e-4)
+            empty = d.score([EMPTY_CONTEXT] * len(found), [c.ids for c in found], [c.ended for c in found])
+            np.testing.assert_allclose([c.anti for c in found], empty, rtol=1e-4, atol=1e-4)
+        assert all(c.anti < 0 for c in found)
+        rescored = d.rescore(ctx, others, anti_lm=True)  # the same scores without a search
+        np.testing.assert_allclose([c.logp for c in rescored], exact, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose([c.anti for c in rescored], [c.anti for c in scored], rtol=1e-4, atol=1e-4)
+        nbest = d.beam(ctx, beam_size=3, max_len=8, anti_lm=True, also=others)[:-len(others)]
+        assert [(c.ids, c.logp) for c in nbest] == [(c.ids, c.logp) for c in plain]  # riders change nothing
 
 
 def test_the_search_is_traced_once_for_any_context_length(bot):

@@ -19,7 +19,7 @@ def random_index(rows: int, dim: int = 64, words: int = 50, seed: int = 0):
     word_weight = np.ones(words, np.float32)
     reply_ids = np.arange(rows, dtype=np.int32)
     index = RetrievalIndex(vectors.astype(np.float16), word_vectors, word_weight, reply_ids,
-                           np.arange(rows + 1, dtype=np.int64))
+                           np.arange(rows + 1, dtype=np.int64), xla=True)
     return index, vectors.astype(np.float16).astype(np.float32)
 
 
@@ -37,7 +37,7 @@ def test_both_products_of_the_int16_rows_are_float32_products():
     rows = rng.integers(-32767, 32768, (2 * SEARCH_BLOCK + 123, 64), dtype=np.int16)  # a short last block
     query = rng.normal(size=64).astype(np.float32)
     exact = rows.astype(np.float64) @ query
-    for products in (row_products(rows), functools.partial(block_products, rows)):
+    for products in (row_products(rows, xla=True), functools.partial(block_products, rows)):
         np.testing.assert_allclose(products(query) / 32767, exact / 32767, atol=1e-5)  # float32 sums of 64
 
 
