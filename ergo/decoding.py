@@ -120,6 +120,14 @@ class Decoder:
             shortlist = SHORTLIST if self.vocab_size > 2 * SHORTLIST else 0
         self.shortlist_size = shortlist if 0 < shortlist < self.vocab_size else 0
         self.xla = xla
+        # Compiled by XLA, a search reads the frequent words' output columns from a contiguous copy made
+        # once (8 MB at base), not sliced out of the kernel for every reply: greedy 16 % faster at base.
+        # A Decoder serves a trained model, whose weights no longer change. (Not without XLA: the web's
+        # workers keep their memory.)
+        self._frequent_kernel = None
+        if xla and self.shortlist_size:
+            kernel = ops.convert_to_numpy(model.output_layer.kernel)
+            self._frequent_kernel = ops.convert_to_tensor(np.ascontiguousarray(kernel[:, :self.shortlist_size]))
         self._searches: dict = {}
         self._scores: dict = {}
 
@@ -270,15 +278,28 @@ class Decoder:
             self._searches[key] = _compile(fn, sig, jit=self.xla)
         return self._searches[key]
 
-    def _projection(self, ids):
-        """(kernel, bias) of the output layer, restricted to the shortlist's columns if there is one:
-        a slice for its frequent words, then a gather of the rest (a gather of every column is 3 times
-        slower, and a transposed copy of the kernel for row gathers would cost its size in memory)."""
+    def _projection(self, ids, one_row: bool = False):
+        """(kernels, bias) of the output layer, restricted to the shortlist's columns if there is one:
+        the columns of its frequent words (a slice, or the copy made once), then a gather of the rest
+        (a gather of every column is 3 times slower, and a transposed copy of the kernel for row
+        gathers would cost its size in memory). A search of one row multiplies by the two apart, side
+        by side (`_logits`); wider ones by the two joined into one kernel, which costs a copy per reply
+        but runs their products 10 % faster."""
         kernel, bias = self.model.output_layer.kernel, self.model.output_layer.bias
         if ids is None:
-            return kernel, bias
+            return (kernel,), bias
         n = self.shortlist_size
-        return ops.concatenate([kernel[:, :n], ops.take(kernel, ids[n:], axis=1)], 1), ops.take(bias, ids)
+        frequent = kernel[:, :n] if self._frequent_kernel is None else self._frequent_kernel
+        kernels = (frequent, ops.take(kernel, ids[n:], axis=1))
+        return (kernels if one_row else (ops.concatenate(kernels, 1),)), ops.take(bias, ids)
+
+    @staticmethod
+    def _logits(features, projection):
+        """features [..., H] -> float32 logits [..., S]: one product per kernel of `_projection`, side by side."""
+        kernels, bias = projection
+        logits = [ops.matmul(features, ops.cast(k, features.dtype)) for k in kernels]
+        logits = logits[0] if len(logits) == 1 else ops.concatenate(logits, -1)
+        return ops.cast(logits + ops.cast(bias, features.dtype), "float32")
 
     def _tile_rows(self, memory, states, n_context, n_empty):
         """Memory and states for n_context rows of the encoded context, then n_empty rows of an empty
@@ -309,9 +330,7 @@ class Decoder:
 
     def _step(self, prev, states, memory, projection):
         features, states = self.model.decode_features(prev, states, memory)
-        kernel, bias = projection
-        logits = ops.matmul(features, ops.cast(kernel, features.dtype)) + ops.cast(bias, features.dtype)
-        return ops.log_softmax(ops.cast(logits, "float32"), axis=-1), states
+        return ops.log_softmax(self._logits(features, projection), axis=-1), states
 
     def _ngram_bans(self, tokens, t, n_rep, ctx_ngrams, position, size):
         """[W, size] True where the token would complete an n-gram already in the reply (size n_rep)
@@ -359,7 +378,7 @@ class Decoder:
         `also` targets under the context, and with anti_lm the candidates and the `also` targets under
         an empty context. Returns the search's four, then anti [width], also_logp, also_anti [M]."""
         memory, states = self.model.encode_left_padded(ctx[None, :])
-        projection = self._projection(ids)
+        projection = self._projection(ids, one_row=width == 1)
         tokens, lengths, logp, ended = search(*self._tile_rows(memory, states, width, 0), self._space(banned, ids),
                                               projection)
         none = ops.zeros((0,), "float32")
@@ -396,10 +415,7 @@ class Decoder:
                                                                    (self.vocab_size,)), targets)
         if self.xla:
             decoder_in = ops.concatenate([ops.full((ops.shape(targets)[0], 1), GO_ID, "int32"), targets[:, :-1]], 1)
-            features = self.model.decode_sequence(decoder_in, states, memory)
-            kernel, bias = projection
-            logits = ops.cast(ops.matmul(features, ops.cast(kernel, features.dtype)) + ops.cast(bias, features.dtype),
-                              "float32")
+            logits = self._logits(self.model.decode_sequence(decoder_in, states, memory), projection)
             picked = ops.take_along_axis(logits, columns[..., None], axis=-1)[..., 0] - ops.logsumexp(logits, axis=-1)
             return ops.sum(ops.where(real, picked, 0.0), axis=-1)
 
@@ -518,10 +534,7 @@ class Decoder:
         return self._searched(ctx, banned, also, ids, 0, anti_lm, True, no_search)
 
     def _score_graph(self, enc, dec_in, target, ids=None):
-        features = self.model.features(enc, dec_in)
-        kernel, bias = self._projection(ids)
-        logits = ops.cast(ops.matmul(features, ops.cast(kernel, features.dtype)) + ops.cast(bias, features.dtype),
-                          "float32")
+        logits = self._logits(self.model.features(enc, dec_in), self._projection(ids))
         real = target != PAD_ID
         if ids is not None:  # target ids -> their columns in the shortlist
             target = ops.take(ops.scatter(ids[:, None], ops.arange(ops.shape(ids)[0]), (self.vocab_size,)), target)

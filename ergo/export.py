@@ -34,7 +34,7 @@ def export(bundle_dir: Path, out_dir: Path, settings: dict | None = None, versio
         raise ErgoError("--export writes a TensorFlow SavedModel: run it with KERAS_BACKEND=tensorflow")
     import tensorflow as tf
 
-    bot = Chatbot.load(Path(bundle_dir), shortlist=shortlist)
+    bot = Chatbot.load(Path(bundle_dir), shortlist=shortlist, xla=False)  # the graph reads only the model's weights
     s = check_settings(dict(settings or {}))
     default = "greedy" if s["decoder"] == "greedy" else "beam"
     module = _serving_module(bot, s)
