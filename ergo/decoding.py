@@ -5,9 +5,10 @@ compiled function with the whole loop inside (tf.function on TensorFlow, traced 
 search, and compiled by XLA): the encoder runs once, each step is one batched decoder step for the
 whole beam, and the loop stops as soon as the live hypotheses stop beating the finished ones. A
 Python-level predict() per step would cost more than the step itself, and XLA's fused loop runs a
-search about twice as fast on a CPU as TensorFlow's op-by-op one: its products of one row by a matrix
-use both cores, TensorFlow's one. Greedy picks each token by argmax, not as a beam of one: a top-k
-is a sort in XLA on a CPU, and sorting the shortlist at every step would cost more than the step.
+search up to twice as fast on a CPU as TensorFlow's op-by-op one (its products of one row by a matrix
+also read weights faster here: 43 GB/s against 20-27). Greedy picks each token by argmax, not as a
+beam of one: a top-k is a sort in XLA on a CPU, and sorting the shortlist at every step costs more
+than the step.
 XLA compiles once per shape of its inputs (a second or two), so a search pads them to a few sizes:
 the context on the left to a multiple of CONTEXT_BUCKET, a shortlist with the next frequent words to
 a multiple of SHORTLIST_BUCKET, other candidates to multiples of TARGET_ROWS and TARGET_LENGTH. The
@@ -121,7 +122,7 @@ class Decoder:
         self.shortlist_size = shortlist if 0 < shortlist < self.vocab_size else 0
         self.xla = xla
         # Compiled by XLA, a search reads the frequent words' output columns from a contiguous copy made
-        # once (8 MB at base), not sliced out of the kernel for every reply: greedy 16 % faster at base.
+        # once (8 MB at base), not sliced out of the kernel for every reply: greedy ~15 % faster at base.
         # A Decoder serves a trained model, whose weights no longer change. (Not without XLA: the web's
         # workers keep their memory.)
         self._frequent_kernel = None
@@ -325,8 +326,11 @@ class Decoder:
         blocked = ops.scatter(banned[:, None], ops.ones_like(banned, dtype="float32"), (self.vocab_size,)) > 0
         if ids is None:
             return blocked, ops.arange(self.vocab_size) == EOS_ID, None
-        position = ops.scatter(ids[:, None], ops.arange(ops.shape(ids)[0]), (self.vocab_size,))
-        return ops.take(blocked, ids), ids == EOS_ID, position
+        return ops.take(blocked, ids), ids == EOS_ID, self._column_of(ids)
+
+    def _column_of(self, ids):
+        """[V]: each word id's column in the shortlist `ids` (0 for words not in it)."""
+        return ops.scatter(ids[:, None], ops.arange(ops.shape(ids)[0]), (self.vocab_size,))
 
     def _step(self, prev, states, memory, projection):
         features, states = self.model.decode_features(prev, states, memory)
@@ -411,8 +415,7 @@ class Decoder:
         hybrid mode 14 % faster at base). Without XLA, a step at a time up to the longest row:
         TensorFlow's op-by-op temporaries for all steps at once grew a web worker by 40-70 MB."""
         real = targets != PAD_ID
-        columns = targets if ids is None else ops.take(ops.scatter(ids[:, None], ops.arange(ops.shape(ids)[0]),
-                                                                   (self.vocab_size,)), targets)
+        columns = targets if ids is None else ops.take(self._column_of(ids), targets)
         if self.xla:
             decoder_in = ops.concatenate([ops.full((ops.shape(targets)[0], 1), GO_ID, "int32"), targets[:, :-1]], 1)
             logits = self._logits(self.model.decode_sequence(decoder_in, states, memory), projection)
@@ -537,7 +540,7 @@ class Decoder:
         logits = self._logits(self.model.features(enc, dec_in), self._projection(ids))
         real = target != PAD_ID
         if ids is not None:  # target ids -> their columns in the shortlist
-            target = ops.take(ops.scatter(ids[:, None], ops.arange(ops.shape(ids)[0]), (self.vocab_size,)), target)
+            target = ops.take(self._column_of(ids), target)
         picked = ops.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
         tok_logp = picked - ops.logsumexp(logits, axis=-1)
         return ops.sum(ops.where(real, tok_logp, 0.0), axis=-1)
