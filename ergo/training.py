@@ -41,6 +41,8 @@ class TrainState:
 
     epoch: int = 0                 # epochs finished
     position: int = 0              # batches finished within the current epoch
+    epoch_loss_sum: float = 0.0    # their training loss times their pairs (the epoch's mean survives a resume)
+    epoch_pairs: int = 0
     step: int = 0                  # optimizer steps in all
     best_valid_ppl: float = math.inf
     best_epoch: int = 0
@@ -77,11 +79,13 @@ class RunFolder:
         if differ:
             raise ErgoError(f"{self.path}/ holds a run with other settings ({'; '.join(differ[:4])}); "
                             f"use another --model-dir, or the same settings to resume")
-        if not resume:
+        has_latest = self.file("latest/state.json").is_file()
+        if not resume and has_latest:
             raise ErgoError(f"{self.path}/ already holds this run: pass --resume to continue it, "
                             f"or --model-dir for a new one")
-        if not self.file("latest/state.json").is_file():
-            raise ErgoError(f"{self.path}/ has no latest checkpoint to resume from; delete it and train again")
+        if resume and not has_latest:
+            raise ErgoError(f"{self.path}/ has no latest checkpoint to resume from (it stopped before its first); "
+                            f"train again without --resume")
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -160,8 +164,11 @@ class _Books(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         size = len(self.batches.order[self.state.position])
         mean = float(logs["loss"])
-        self.window.append((mean * (self.seen + size) - self.mean * self.seen) / size)
+        loss = (mean * (self.seen + size) - self.mean * self.seen) / size
+        self.window.append(loss)
         self.seen, self.mean = self.seen + size, mean
+        self.state.epoch_loss_sum += loss * size
+        self.state.epoch_pairs += size
         self.state.position += 1
         self.state.step += 1
         if self.state.step % self.log_every == 0:
@@ -297,14 +304,16 @@ def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, mo
             books.batches = batches
             log(f"epoch {state.epoch + 1}/{train_cfg.epochs}")
             started = time.perf_counter()
-            history = model.fit(_as_keras_data(epoch_data), epochs=1, shuffle=False, verbose=1 if progress else 0,
-                                callbacks=[books, *callbacks])
+            if len(epoch_data):  # none left when a run stopped during the epoch's validation
+                model.fit(_as_keras_data(epoch_data), epochs=1, shuffle=False, verbose=1 if progress else 0,
+                          callbacks=[books, *callbacks])
             seconds = time.perf_counter() - started
             state.seconds += seconds
             done = batches.order[epoch_data.start:]
             tokens = int(reply_tokens[np.concatenate(done)].sum()) if done else 0
-            _finish_epoch(run, model, state, train_cfg, data, vocab, float(history.history["loss"][-1]),
-                          perplexity(model, valid_batches), tokens / seconds, writer, log)
+            train_loss = state.epoch_loss_sum / max(state.epoch_pairs, 1)
+            _finish_epoch(run, model, state, train_cfg, data, vocab, train_loss, perplexity(model, valid_batches),
+                          tokens / seconds if done else 0.0, writer, log)
     except KeyboardInterrupt:
         save_latest(run, model, state)
         raise ErgoError(f"interrupted: saved the latest checkpoint in {run.path}/latest/ "
@@ -313,8 +322,13 @@ def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, mo
 
 
 def _finish_epoch(run, model, state, train_cfg, data, vocab, train_loss, valid_ppl, tokens_per_s, writer, log):
+    """Records, best/, then latest/ of the epoch just trained. `state` moves on only once latest/ is
+    saved: a Ctrl-C before that saves the epoch as trained but not finished, and a resume validates it
+    again (and writes best/ and its retrieval index again, if it was the best)."""
+    done = state
+    state = TrainState(**asdict(done))
     state.epoch += 1
-    state.position = 0
+    state.position, state.epoch_loss_sum, state.epoch_pairs = 0, 0.0, 0
     train_ppl = math.exp(min(train_loss, 50.0))
     improved = valid_ppl < state.best_valid_ppl
     if improved:
@@ -340,6 +354,7 @@ def _finish_epoch(run, model, state, train_cfg, data, vocab, train_loss, valid_p
     state.learning_rate *= train_cfg.lr_decay
     model.optimizer.learning_rate.assign(state.learning_rate)
     save_latest(run, model, state)
+    done.__dict__.update(asdict(state))
     plot_curves(run)
     mark = " (best, saved to best/)" if improved else ""
     log(f"epoch {state.epoch}: training perplexity {train_ppl:.2f}, validation perplexity {valid_ppl:.2f}{mark}, "

@@ -121,6 +121,32 @@ def test_interrupted_run_resumes_from_its_latest_checkpoint(data, tmp_path):
     assert json.loads((run / "latest" / "state.json").read_text())["step"] == state.step
 
 
+def test_a_run_stopped_after_its_last_batch_resumes_with_the_epochs_validation(data, tmp_path):
+    run = tmp_path / "run"
+    cfg = override(TINY.train, epochs=1)
+    full_epoch = -(-len(data.split("train")["reply"]) // TINY.train.batch_size)
+    with pytest.raises(ErgoError, match="interrupted"):  # as if during the validation that follows
+        train(data, TINY.model, cfg, run, callbacks=(StopAt(full_epoch),), **QUIET)
+    saved = json.loads((run / "latest" / "state.json").read_text())
+    assert saved["epoch"] == 0 and saved["position"] == full_epoch and not (run / "best").exists()
+    state = train(data, TINY.model, cfg, run, resume=True, **QUIET)
+    assert state.epoch == 1 and state.step == full_epoch
+    [row] = epochs(run)
+    assert 1 < float(row["train_ppl"]) < float("inf")  # the epoch's loss, kept in the state across the stop
+    assert Bundle.load(run / "best").card["epoch"] == 1 and (run / "best" / "retrieval.npz").is_file()
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_starts_again(data, tmp_path):
+    run = tmp_path / "run"
+    cfg = override(TINY.train, epochs=1)
+    with pytest.raises(ErgoError, match="interrupted"):
+        train(data, TINY.model, cfg, run, callbacks=(StopAt(2),), **QUIET)
+    shutil.rmtree(run / "latest")  # a crash (not a Ctrl-C) saves nothing
+    with pytest.raises(ErgoError, match="no latest checkpoint to resume from .* train again without --resume"):
+        train(data, TINY.model, cfg, run, resume=True, **QUIET)
+    assert train(data, TINY.model, cfg, run, **QUIET).epoch == 1
+
+
 def test_mirrored_strategy_on_two_cpu_devices(data, tmp_path):
     script = textwrap.dedent(f"""
         import tensorflow as tf
