@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--mmi", type=float, help="weight of the anti-generic (MMI) penalty, 0 to 1")
     rep.add_argument("--blocklist", type=Path, help="a file of words/patterns never to say (default: ergo/blocklist.txt)")
     rep.add_argument("--split", default="test", choices=("valid", "test"), help="the split --evaluate uses")
-    rep.add_argument("--export-dir", type=Path, help="where --export writes (default: MODEL_DIR/export)")
+    rep.add_argument("--export-dir", type=Path, help="where --export writes (default: export/ beside the bundle, so "
+                                                  "MODEL_DIR/export for a training run's folder)")
 
     web = p.add_argument_group("web (--serve)")
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
