@@ -163,9 +163,8 @@ class Seq2Seq(keras.Model):
         `encode`. Each layer projects all steps' inputs in one matrix product and loops only over
         the recurrent one (see `_lstm_sequence`), so most of the work is in large products."""
         x = self.dec_embedding(decoder_in)
-        real = ops.ones(ops.shape(decoder_in), dtype="bool")
         for lstm, initial in zip(self.decoder, states):
-            x, _ = _lstm_sequence(lstm.cell, x, real, initial)
+            x, _ = _lstm_sequence(lstm.cell, x, initial=initial)
         return self._attend(x, memory, training=False)
 
     def decode_step(self, prev_token, states, memory):
@@ -215,25 +214,29 @@ def _embedding(vocab_size, dim, matrix, frozen, prefix):
     return emb
 
 
-def _lstm_sequence(cell, x, mask, initial=None):
+def _lstm_sequence(cell, x, mask=None, initial=None):
     """An LSTM cell run over x [B, T, in] from `initial` states (h, c) (default zeros) -> (outputs
     [B, T, H], (h, c)), with the input projection of all steps as one matrix product before the loop;
-    where mask [B, T] is False the states stay as they were."""
+    where mask [B, T] is False the states stay as they were (no mask: every step is real)."""
     projected = ops.transpose(ops.matmul(x, cell.kernel) + cell.bias, (1, 0, 2))  # [T, B, 4H]
     zeros = ops.zeros((ops.shape(x)[0], cell.units), dtype=projected.dtype)
     initial = (zeros, zeros) if initial is None else initial
 
     def step(carry, inputs):
-        (h, c), z, real = carry, inputs[..., :-1], inputs[..., -1:] > 0
+        (h, c), z = carry, inputs if mask is None else inputs[..., :-1]
         z_i, z_f, z_c, z_o = ops.split(z + ops.matmul(h, cell.recurrent_kernel), 4, axis=-1)
         new_c = cell.recurrent_activation(z_f) * c + cell.recurrent_activation(z_i) * cell.activation(z_c)
         new_h = cell.recurrent_activation(z_o) * cell.activation(new_c)
-        h, c = ops.where(real, new_h, h), ops.where(real, new_c, c)
-        return (h, c), (h, c)  # Keras's scan wants outputs shaped like the carry
+        if mask is not None:
+            real = inputs[..., -1:] > 0
+            new_h, new_c = ops.where(real, new_h, h), ops.where(real, new_c, c)
+        return (new_h, new_c), (new_h, new_c)  # Keras's scan wants outputs shaped like the carry
 
-    # The mask rides along as one more column: Keras's scan on TensorFlow fails on two sequences of unknown length.
-    real = ops.expand_dims(ops.cast(ops.transpose(mask), projected.dtype), -1)  # [T, B, 1]
-    (h, c), (outputs, _) = ops.scan(step, tuple(initial), ops.concatenate([projected, real], -1))
+    if mask is not None:
+        # The mask rides along as one more column: Keras's scan on TensorFlow fails on two sequences of unknown length.
+        real = ops.expand_dims(ops.cast(ops.transpose(mask), projected.dtype), -1)  # [T, B, 1]
+        projected = ops.concatenate([projected, real], -1)
+    (h, c), (outputs, _) = ops.scan(step, tuple(initial), projected)
     return ops.transpose(outputs, (1, 0, 2)), (h, c)
 
 

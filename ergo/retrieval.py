@@ -2,9 +2,9 @@
 
 Each training context becomes a sentence vector: the mean of its words' word2vec vectors, weighted
 by SIF (a / (a + p(word)): frequent words count for little) and by turn (the last turn counts most),
-then unit length. A new context's vector finds its nearest training contexts by cosine (one matrix-vector product over
-the index, see `row_products`); their replies are the candidates, which the chatbot then ranks with
-the model's log p(reply | context) and the MMI penalty.
+then unit length. A new context's vector finds its nearest training contexts by cosine (one
+matrix-vector product over the index, see `row_products`); their replies are the candidates, which
+the chatbot then ranks with the model's log p(reply | context) and the MMI penalty.
 
 The index is one file in the bundle, retrieval.npz, so a bundle still carries everything a reply
 needs: `build_index(data, bundle_dir)` writes it (training calls it when it saves a best bundle),
@@ -112,13 +112,12 @@ class RetrievalIndex:
                  reply_ids: np.ndarray, reply_offsets: np.ndarray, xla: bool = False):
         """`xla`: see `row_products`."""
         rows, self.row_scale = _fixed_point(vectors)
-        self.shape = rows.shape
         self._products = row_products(rows, xla)
         self.word_vectors, self.word_weight = word_vectors, word_weight
         self.reply_ids, self.reply_offsets = reply_ids, reply_offsets
 
     def __len__(self) -> int:
-        return self.shape[0]
+        return len(self.row_scale)
 
     @classmethod
     def load(cls, bundle_dir: Path, vocab: Vocab, xla: bool = False) -> "RetrievalIndex | None":
@@ -138,16 +137,12 @@ class RetrievalIndex:
     def reply(self, i: int) -> list[int]:
         return self.reply_ids[self.reply_offsets[i]:self.reply_offsets[i + 1]].tolist()
 
-    def _cosines(self, query: np.ndarray) -> np.ndarray:
-        """Every training context's cosine with `query`."""
-        return self._products(query) * self.row_scale
-
     def search(self, context: np.ndarray, k: int) -> list[tuple[list[int], float]]:
         """Up to k distinct replies of the nearest training contexts: (reply ids, cosine), nearest first."""
         query = _sentence_vectors([np.asarray(context, np.int32)], self.word_vectors, self.word_weight)[0]
         if not np.any(query) or not len(self):
             return []
-        sims = self._cosines(query)
+        sims = self._products(query) * self.row_scale  # every training context's cosine
         pool = min(len(sims), 4 * k)  # room for duplicates ("lol", "yes") among the nearest
         top = np.argpartition(-sims, pool - 1)[:pool]
         out, seen = [], set()

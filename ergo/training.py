@@ -19,7 +19,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -325,8 +325,7 @@ def _finish_epoch(run, model, state, train_cfg, data, vocab, train_loss, valid_p
     """Records, best/, then latest/ of the epoch just trained. `state` moves on only once latest/ is
     saved: a Ctrl-C before that saves the epoch as trained but not finished, and a resume validates it
     again (and writes best/ and its retrieval index again, if it was the best)."""
-    done = state
-    state = TrainState(**asdict(done))
+    done, state = state, replace(state)
     state.epoch += 1
     state.position, state.epoch_loss_sum, state.epoch_pairs = 0, 0.0, 0
     train_ppl = math.exp(min(train_loss, 50.0))

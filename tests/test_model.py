@@ -82,8 +82,6 @@ def test_step_by_step_decoding_matches_teacher_forcing(cfg):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(logits), full[:, t], atol=1e-4)
 
 
-
-
 @pytest.mark.parametrize("cfg", [tiny(), tiny(attention="general", bidirectional_encoder=True), tiny(layers=1)])
 def test_a_left_padded_row_encodes_as_it_would_unpadded(cfg):
     model = build_seq2seq(cfg, V, matrix())

@@ -42,7 +42,7 @@ def test_both_products_of_the_int16_rows_are_float32_products():
 
 
 def test_search_finds_the_neighbours_float32_products_of_the_file_find():
-    index, exact = random_index(2 * SEARCH_BLOCK + 123)  # a last block shorter than the others
+    index, exact = random_index(2 * SEARCH_BLOCK + 123)
     for context in ([5, 9, 12], [40], [3, 3, 8, 21, 33]):
         context = np.array(context, np.int32)
         query = _sentence_vectors([context], index.word_vectors, index.word_weight)[0]

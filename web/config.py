@@ -25,8 +25,9 @@ class WebConfig:
     rate_limit: str = "30 per 10 seconds;600 per hour"  # ERGO_RATE_LIMIT: writes per client (Flask-Limiter)
     trusted_proxies: int = 0         # ERGO_TRUSTED_PROXIES: X-Forwarded-* hops to trust (behind nginx: 1)
     secure_cookie: bool = False      # ERGO_SECURE_COOKIE: send the cookie over HTTPS only
-    # ERGO_XLA: compile beam and sampling searches with XLA. Off: each new shape of inputs would stall
-    # the reply that meets it for a compile of 1-3 s and add to the worker's memory (~130 MB at base).
+    # ERGO_XLA: compile the searches and the retrieval index's product with XLA. Off: each new shape of
+    # inputs would stall the reply that meets it for a compile of 1-3 s and add to the worker's memory
+    # (~130 MB at base).
     xla: bool = False
 
     @classmethod
