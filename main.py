@@ -12,6 +12,8 @@ from pathlib import Path
 
 from ergo.errors import ErgoError
 
+UNBOUNDED_EPOCHS = 10_000
+DEFAULT_CORPUS = "chitchat"
 ACTIONS = ("download", "preprocess", "train", "evaluate", "export", "chat", "serve")
 
 
@@ -35,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--serve", action="store_true", help="serve the chat page at http://HOST:PORT/ (gunicorn)")
 
     data = p.add_argument_group("data")
-    data.add_argument("--corpus", default="chitchat",
-                      help=f"a named corpus ({', '.join(NAMED)}) or a PATH to a file or folder (default: chitchat)")
+    data.add_argument("--corpus",
+                      help=f"a named corpus ({', '.join(NAMED)}) or a PATH to a file or folder (default: chitchat; "
+                           f"with --train and a --data-dir that is already preprocessed, the data in it as it is)")
     data.add_argument("--format", choices=sorted(READERS), help="the corpus format (default: detected)")
     data.add_argument("--encoding", help="text encoding of the corpus files (default: the format's own)")
     data.add_argument("--data-dir", type=Path, help="where preprocessed data goes (default: data/CORPUS-PRESET)")
@@ -48,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max-vocab", type=int, help="override the preset's vocabulary size")
     data.add_argument("--min-count", type=int, help="override the preset's minimum word count")
     data.add_argument("--context-turns", type=int, help="override the preset's context window (turns)")
+    data.add_argument("--embedding-dim", type=int, help="override the preset's word2vec (and embedding) size")
     data.add_argument("--jobs", type=int, help="processes for tokenising (default: all cores)")
     data.add_argument("--force", action="store_true", help="rebuild preprocessed data even if up to date")
 
@@ -56,11 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the run folder (default: checkpoints/CORPUS-PRESET); its best/ bundle is what "
                          "--chat, --evaluate, --export and --serve use")
     tr.add_argument("--resume", action="store_true", help="continue the run in --model-dir where it stopped")
+    tr.add_argument("--minutes", type=float,
+                    help="train for this many minutes of wall-clock time (validation and saving included), then "
+                         "keep the best bundle and stop; --epochs, if given too, can end it sooner")
+    tr.add_argument("--validate-every", type=float, metavar="MINUTES",
+                    help="validate and save every MINUTES, within epochs too (default with --minutes: a tenth "
+                         "of the budget, at least 1, longer where validating would take over 5%% of the time; "
+                         "without: at the end of each epoch)")
     tr.add_argument("--epochs", type=int, help="override the preset's number of epochs")
     tr.add_argument("--batch-size", type=int, help="override the preset's batch size")
     tr.add_argument("--learning-rate", type=float, help="override the preset's learning rate")
     tr.add_argument("--lr-decay", type=float, help="multiply the learning rate by this after every epoch")
     tr.add_argument("--patience", type=int, help="epochs without a better validation perplexity before stopping")
+    tr.add_argument("--final-lr", type=float, metavar="SHARE",
+                    help="with --minutes: the learning rate falls linearly to this share of its start by the "
+                         "budget's end (1: constant)")
+    tr.add_argument("--warmup", type=float, metavar="SHARE",
+                    help="with --minutes: the share of the budget over which the learning rate rises from 0")
+    tr.add_argument("--label-smoothing", type=float, metavar="E",
+                    help="train towards 1-E on the true word and E spread over the vocabulary (full softmax only)")
     tr.add_argument("--hidden", type=int, help="override the preset's LSTM size")
     tr.add_argument("--layers", type=int, help="override the preset's number of LSTM layers")
     tr.add_argument("--attention", choices=("dot", "general", "additive"), help="override the attention kind")
@@ -95,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 def data_config(args):
     from ergo.config import get_preset, override
     return override(get_preset(args.preset).data, max_vocab=args.max_vocab, min_count=args.min_count,
-                    context_turns=args.context_turns)
+                    context_turns=args.context_turns, embedding_dim=args.embedding_dim)
 
 
 def model_and_train_config(args):
@@ -104,8 +122,12 @@ def model_and_train_config(args):
     model = override(preset.model, hidden=args.hidden, layers=args.layers, attention=args.attention,
                      dropout=args.dropout, sampled_softmax=args.sampled_softmax,
                      freeze_embeddings=args.freeze_embeddings)
-    train = override(preset.train, epochs=args.epochs, batch_size=args.batch_size,
+    # A budget is the run's length: the preset's epochs do not cut it short, an explicit --epochs does.
+    epochs = args.epochs if args.epochs is not None or not args.minutes else UNBOUNDED_EPOCHS
+    train = override(preset.train, epochs=epochs, minutes=args.minutes, validate_every=args.validate_every,
+                     batch_size=args.batch_size,
                      learning_rate=args.learning_rate, lr_decay=args.lr_decay, patience=args.patience,
+                     final_lr=args.final_lr, warmup=args.warmup, label_smoothing=args.label_smoothing,
                      mixed_precision=args.mixed_precision)
     return model, train
 
@@ -118,7 +140,7 @@ def reply_settings(args) -> dict:
 
 def corpus_name(args) -> str:
     from ergo import corpora
-    return corpora.resolve(args.corpus, args.format, args.corpora_dir).name
+    return corpora.resolve(args.corpus or DEFAULT_CORPUS, args.format, args.corpora_dir).name
 
 
 def bundle_dir(args) -> Path:
@@ -140,9 +162,14 @@ def run(args) -> None:
         print(f"{args.download} corpus ready in {folder}/ (preprocess it with "
               f"`python main.py --preprocess --corpus {args.download}`)")
     data = None
-    if args.preprocess or args.train:
+    if args.train and not args.preprocess and args.corpus is None and args.data_dir \
+            and (args.data_dir / "manifest.json").is_file():
+        from ergo.dataset import PreparedData, describe
+        data = PreparedData.open(args.data_dir)  # a prepared folder, trained on as it is (its own data settings)
+        describe(data, True)
+    elif args.preprocess or args.train:
         from ergo.dataset import describe, preprocess
-        corpus = corpora.resolve(args.corpus, args.format, args.corpora_dir)
+        corpus = corpora.resolve(args.corpus or DEFAULT_CORPUS, args.format, args.corpora_dir)
         out = args.data_dir or Path("data") / f"{corpus.name}-{args.preset}"
         data, reused = preprocess(corpus, data_config(args), out, embeddings=args.embeddings,
                                   encoding=args.encoding, workers=args.jobs, progress=not args.quiet,

@@ -7,7 +7,7 @@ otherwise idle machine: the torch reference in particular slows down many times 
 processes compete for the cores.
 
     python bench/train_throughput.py --vocab 8000 --hidden 256 --layers 2 --batch 64 --length 20 \
-        [--steps 10] [--jit|--no-jit] [--sampled 512] [--intra-op-threads 1] \
+        [--steps 10] [--jit|--no-jit] [--sampled 512] [--intra-op-threads N] \
         [--torch-python /tmp/torchenv/bin/python]
 """
 from __future__ import annotations
@@ -35,6 +35,9 @@ def ours(args) -> list[float]:
 
     from ergo.config import ModelConfig, TrainConfig
     from ergo.model import build_seq2seq, compile_for_training
+    from ergo.training import configure_threads
+
+    configure_threads()  # as the trainer does
 
     cfg = ModelConfig(hidden=args.hidden, layers=args.layers, dropout=args.dropout, attention=args.attention,
                       sampled_softmax=args.sampled)
@@ -44,7 +47,7 @@ def ours(args) -> list[float]:
     source = rng.integers(1, args.vocab, (args.batch, args.length), dtype=np.int32)
     target = rng.integers(1, args.vocab, (args.batch, args.length), dtype=np.int32)
     print(f"ours: backend={keras.backend.backend()} jit={model.jit_compile} sampled={args.sampled} "
-          f"intra_op_threads={os.environ.get('TF_NUM_INTRAOP_THREADS', 'default')} "
+          f"intra_op_threads={_intra_op_threads()} "
           f"dropout={args.dropout} embedding={args.embedding or args.hidden} "
           f"params={model.count_params() / 1e6:.1f}M", flush=True)
     for _ in range(3):
@@ -57,6 +60,11 @@ def ours(args) -> list[float]:
         rates.append(args.steps * args.batch * args.length / (time.perf_counter() - start))
     assert np.isfinite(loss), loss
     return rates
+
+
+def _intra_op_threads() -> int:
+    import tensorflow as tf
+    return tf.config.threading.get_intra_op_parallelism_threads()  # 0: TensorFlow's own choice (all cores)
 
 
 def torch_reference(args) -> float:
@@ -80,8 +88,8 @@ def main() -> None:
     p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
                    help="XLA / jit compile (default: Keras 'auto', which is off on a CPU-only TensorFlow)")
     p.add_argument("--intra-op-threads", type=int,
-                   help="TensorFlow threads inside one op (TF_NUM_INTRAOP_THREADS); 1 lets the two cores run "
-                        "independent small ops side by side instead of splitting each small matmul")
+                   help="TensorFlow threads inside one op (default: the trainer's choice, see "
+                        "ergo.training.configure_threads; 0: TensorFlow's own, all cores)")
     p.add_argument("--steps", type=int, default=10, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds of ours")
     p.add_argument("--torch-python", help="a Python with torch: run the reference before and after ours")
@@ -89,8 +97,8 @@ def main() -> None:
     args = p.parse_args()
     if args.length != 20 and args.torch_python:
         p.error("the torch reference uses length 20")
-    if args.intra_op_threads:
-        os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.intra_op_threads)
+    if args.intra_op_threads is not None:
+        os.environ["ERGO_INTRA_OP_THREADS"] = str(args.intra_op_threads)
 
     reference = [torch_reference(args) for _ in range(args.torch_runs if args.torch_python else 0)]
     rates = ours(args)

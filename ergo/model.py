@@ -25,16 +25,25 @@ ATTENTION_KINDS = ("dot", "general", "additive")
 _MASKED = -1e9  # score of a padded encoder position: exp() of it is 0, without inf-inf NaNs
 
 
-def masked_loss(targets, logits):
-    """Cross-entropy from logits averaged over real target tokens (padding counts for nothing)."""
+def masked_loss(targets, logits, label_smoothing: float = 0.0, tokens_per_batch: float = 0.0):
+    """Cross-entropy from logits averaged over real target tokens (padding counts for nothing).
+
+    With `label_smoothing` e, the target is 1 - e on the true word and e spread evenly over the
+    vocabulary: logsumexp(z) - (1 - e) z_true - e mean(z), without a one-hot [B, T, V] tensor.
+    """
     logits = ops.cast(logits, "float32")  # a float16 softmax over the vocabulary loses too much
     losses = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
-    return _masked_mean(losses, targets)
+    if label_smoothing:
+        uniform = ops.logsumexp(logits, axis=-1) - ops.mean(logits, axis=-1)  # cross-entropy to the uniform target
+        losses = (1.0 - label_smoothing) * losses + label_smoothing * uniform
+    return _masked_mean(losses, targets, tokens_per_batch)
 
 
-def _masked_mean(losses, targets):
+def _masked_mean(losses, targets, tokens_per_batch: float = 0.0):
+    """The loss of the real target tokens, over their number; or, given `tokens_per_batch`, over that
+    constant instead, so that each token weighs the same in every batch (see Seq2Seq.tokens_per_batch)."""
     mask = ops.cast(ops.not_equal(targets, PAD_ID), losses.dtype)
-    return ops.sum(losses * mask) / ops.maximum(ops.sum(mask), 1.0)
+    return ops.sum(losses * mask) / (tokens_per_batch or ops.maximum(ops.sum(mask), 1.0))
 
 
 class Seq2Seq(keras.Model):
@@ -62,14 +71,15 @@ class Seq2Seq(keras.Model):
         self.encoder = [first] + [_lstm(cfg.hidden, f"encoder_{i}") for i in range(1, cfg.layers)]
         self.decoder = [_lstm(cfg.hidden, f"decoder_{i}") for i in range(cfg.layers)]
         self.dropout = layers.Dropout(cfg.dropout)
+        h = cfg.hidden
         if cfg.attention == "general":
-            self.att_keys = layers.Dense(cfg.hidden, use_bias=False, name="att_general")
+            self.att_keys = _dense(h, h, "att_general", use_bias=False)
         elif cfg.attention == "additive":
-            self.att_keys = layers.Dense(cfg.hidden, use_bias=False, name="att_keys")
-            self.att_query = layers.Dense(cfg.hidden, use_bias=False, name="att_query")
-            self.att_v = layers.Dense(1, use_bias=False, name="att_v")
-        self.combine = layers.Dense(cfg.hidden, activation="tanh", name="combine")
-        self.output_layer = layers.Dense(vocab_size, name="output")
+            self.att_keys = _dense(h, h, "att_keys", use_bias=False)
+            self.att_query = _dense(h, h, "att_query", use_bias=False)
+            self.att_v = _dense(1, h, "att_v", use_bias=False)
+        self.combine = _dense(h, 2 * h, "combine", activation="tanh")
+        self.output_layer = _dense(vocab_size, h, "output")
         self.sample_seed = keras.random.SeedGenerator(0)
 
     # -- encoder ---------------------------------------------------------------------------------
@@ -174,10 +184,19 @@ class Seq2Seq(keras.Model):
 
     # -- loss ------------------------------------------------------------------------------------
 
+    label_smoothing = 0.0  # set by compile_for_training; training steps only (perplexity stays exact)
+    # Training steps divide their summed loss by this constant (the mean target tokens of a batch) rather
+    # than by the batch's own count, when it is set. Batches cut from length-sorted pairs hold few tokens
+    # (short replies) or many; a mean per batch gives each of a short batch's tokens a larger share of a
+    # step than a long batch's, a bias that random batches average out and bucketed ones do not.
+    tokens_per_batch = 0.0
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if training and self.cfg.sampled_softmax:
-            return _masked_mean(self._sampled_losses(y_pred, y), y)
-        return masked_loss(y, y_pred)
+        if not training:
+            return masked_loss(y, y_pred)
+        if self.cfg.sampled_softmax:
+            return _masked_mean(self._sampled_losses(y_pred, y), y, self.tokens_per_batch)
+        return masked_loss(y, y_pred, self.label_smoothing, self.tokens_per_batch)
 
     def _sampled_losses(self, features, targets):
         """Per-token sampled-softmax loss: the true class against S log-uniform negatives shared by
@@ -206,11 +225,34 @@ class Seq2Seq(keras.Model):
         return ops.logsumexp(logits, axis=-1) - true_logit
 
 
+# How weights start. Measured (docs/BENCHMARKS.md, "Why ErGo learned less per step"): with Keras's
+# defaults (Glorot kernels, orthogonal recurrent kernels, forget bias 1) and word2vec's small vectors
+# (standard deviation ~0.3), the quick model reached validation perplexity 300 in 500 steps; with inputs
+# of unit scale and every LSTM and dense weight uniform in ±1/sqrt(fan-in) (PyTorch's start), 134.
+
+
+def unit_scale(matrix: np.ndarray) -> np.ndarray:
+    """Word vectors rescaled to standard deviation 1 (their directions and relative sizes kept)."""
+    std = float(np.std(matrix))
+    return matrix / std if std > 0 else matrix
+
+
+def _uniform(fan_in: int):
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
+def _dense(units, fan_in, name, **kwargs):
+    return layers.Dense(units, kernel_initializer=_uniform(fan_in), bias_initializer=_uniform(fan_in),
+                        name=name, **kwargs)
+
+
 def _embedding(vocab_size, dim, matrix, frozen, prefix):
-    emb = layers.Embedding(vocab_size, dim, trainable=not frozen, name=f"{prefix}_embedding")
+    emb = layers.Embedding(vocab_size, dim, trainable=not frozen, name=f"{prefix}_embedding",
+                           embeddings_initializer=keras.initializers.RandomNormal(0.0, 1.0))
     emb.build()
     if matrix is not None:
-        emb.embeddings.assign(matrix)
+        emb.embeddings.assign(unit_scale(matrix))
     return emb
 
 
@@ -241,8 +283,10 @@ def _lstm_sequence(cell, x, mask=None, initial=None):
 
 
 def _lstm(units, name):
-    """An LSTM whose arguments all allow the fused cuDNN kernel."""
-    return layers.LSTM(units, return_sequences=True, return_state=True, name=name)
+    """An LSTM whose arguments all allow the fused cuDNN kernel; every weight starts in ±1/sqrt(units)."""
+    start = _uniform(units)
+    return layers.LSTM(units, return_sequences=True, return_state=True, name=name, kernel_initializer=start,
+                       recurrent_initializer=start, bias_initializer=start, unit_forget_bias=False)
 
 
 def build_seq2seq(model_cfg: ModelConfig, vocab_size: int, embedding_matrix: np.ndarray | None = None,
@@ -265,6 +309,7 @@ def compile_for_training(model: Seq2Seq, train_cfg: TrainConfig, jit_compile: bo
     """Adam with gradient clipping; then `model.train_on_batch((enc, dec_in), target)` is one compiled
     step (forward, masked loss, gradients, update) on every backend, and returns the batch loss."""
     optimizer = keras.optimizers.Adam(train_cfg.learning_rate, clipnorm=train_cfg.clipnorm)
+    model.label_smoothing = train_cfg.label_smoothing
     model.compile(optimizer=optimizer, jit_compile=jit_compile)
     return model
 

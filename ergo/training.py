@@ -1,29 +1,35 @@
-"""Fit the seq2seq on preprocessed data: perplexity every epoch, checkpoints, early stop, curves.
+"""Fit the seq2seq on preprocessed data: validation perplexity, checkpoints, early stop, a time
+budget, curves.
 
 A run folder (checkpoints/<corpus>-<preset>/ by default) holds one run and never mixes two:
 
     run.json       what the weights depend on (model settings, the data's key, sizes); checked on resume
-    latest/        weights, optimizer state and position (epoch, batch) to resume from; saved each epoch
-                   and when Ctrl-C stops training
+    latest/        weights, optimizer state and position (epoch, batch, minutes) to resume from; saved at
+                   every validation and when Ctrl-C stops training
     best/          the bundle with the best validation perplexity (ergo/bundle.py)
-    metrics.csv    one row an epoch: training and validation perplexity, learning rate, tokens/s
+    metrics.csv    one row a validation (each epoch's end, and within epochs every `validate_every`
+                   minutes): perplexities, learning rate, tokens/s, minutes
     steps.csv      the training loss every `log_every` steps
-    curves.png     the curves, redrawn every epoch;  logs/  TensorBoard (TensorFlow backend)
+    curves.png     the curves, redrawn at every validation;  logs/  TensorBoard (TensorFlow backend)
 
-Keras `fit` runs each epoch, so progress bars, tf.distribute strategies (TensorFlow backend) and
-XLA come from Keras itself; this module feeds it length-bucketed batches and keeps the books.
+Keras `fit` runs the steps between two validations, so tf.distribute strategies (TensorFlow backend)
+and XLA come from Keras itself; this module feeds it length-bucketed batches, keeps the clock and
+keeps the books.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import keras
 import numpy as np
+from tqdm import tqdm
 
 from .batching import BatchIterator, make_batch
 from .bundle import save_bundle
@@ -32,7 +38,7 @@ from .dataset import PreparedData
 from .errors import ErgoError
 from .files import atomic_dir, atomic_path, atomic_write_text
 from .model import build_seq2seq, compile_for_training, perplexity
-from .retrieval import build_index
+from .retrieval import INDEX_FILE, build_index
 
 
 @dataclass
@@ -47,9 +53,12 @@ class TrainState:
     best_valid_ppl: float = math.inf
     best_epoch: int = 0
     bad_epochs: int = 0            # epochs since the best one
-    learning_rate: float = 0.0
-    seconds: float = 0.0           # training time so far
+    learning_rate: float = 0.0     # at the start of the current epoch (a budget's schedule scales it per step)
+    seconds: float = 0.0           # training time so far (fitting only)
     stopped_early: bool = False
+    elapsed: float = 0.0           # wall time of the run so far, validation and saving included: what a budget counts
+    validated_step: int = -1       # the step the last validation saw
+    spent_minutes: float = 0.0     # the budget this run last trained to the end of
 
 
 @dataclass
@@ -134,7 +143,7 @@ class _EpochBatches(keras.utils.PyDataset):
         return (enc, dec_in), target
 
 
-def _as_keras_data(batches: _EpochBatches):
+def as_keras_data(batches: _EpochBatches):
     """On TensorFlow a tf.data pipeline with open widths (a PyDataset would pin them to the widths
     of its first two batches); other backends take the PyDataset as it is."""
     if keras.backend.backend() != "tensorflow":
@@ -147,26 +156,35 @@ def _as_keras_data(batches: _EpochBatches):
 
 
 class _Books(keras.callbacks.Callback):
-    """Counts batches (for resume) and writes the mean training loss of every `log_every` steps.
+    """Counts batches and target tokens (for resume and tokens/s) and writes the mean training loss of
+    every `log_every` steps.
 
-    Keras reports a running mean over the epoch, weighted by batch size; each batch's own loss is
+    Keras reports a running mean over the fit, weighted by batch size; each batch's own loss is
     recovered from two consecutive means and the batch's size, which the batch order knows.
     """
 
-    def __init__(self, run: RunFolder, state: TrainState, log_every: int, writer):
+    def __init__(self, run: RunFolder, state: TrainState, log_every: int, writer, reply_tokens: np.ndarray,
+                 batch_size: int):
         super().__init__()
         self.run, self.state, self.log_every, self.writer = run, state, log_every, writer
+        self.reply_tokens = reply_tokens
+        self.tokens_per_batch = float(reply_tokens.mean()) * batch_size
         self.batches: BatchIterator | None = None
+        self.tokens = 0  # target tokens trained since the last validation
 
     def on_epoch_begin(self, epoch, logs=None):
         self.seen, self.mean, self.window = 0, 0.0, []
 
     def on_train_batch_end(self, batch, logs=None):
-        size = len(self.batches.order[self.state.position])
+        indices = self.batches.order[self.state.position]
+        size = len(indices)
         mean = float(logs["loss"])
         loss = (mean * (self.seen + size) - self.mean * self.seen) / size
-        self.window.append(loss)
         self.seen, self.mean = self.seen + size, mean
+        tokens = int(self.reply_tokens[indices].sum())
+        loss *= self.tokens_per_batch / tokens  # the step's loss is over a constant (Seq2Seq.tokens_per_batch)
+        self.window.append(loss)
+        self.tokens += tokens
         self.state.epoch_loss_sum += loss * size
         self.state.epoch_pairs += size
         self.state.position += 1
@@ -178,6 +196,74 @@ class _Books(keras.callbacks.Callback):
                                                      "loss": round(loss, 5)})
             if self.writer is not None:
                 self.writer.scalar("train/loss", loss, self.state.step)
+
+
+MAX_VALIDATION_SHARE = 0.05
+SAVE_SECONDS = 2.0  # a first guess at writing best/ and latest/, until a validation has been timed
+
+
+class _Clock(keras.callbacks.Callback):
+    """The run's wall clock: it ends a fit when a validation is due (every `validate_every` minutes) or
+    when the budget (`minutes`) must stop training to leave time for the last validation and save.
+
+    Under a budget it also sets the learning rate of every step from the share of the budget spent:
+    a short warm-up, then a linear fall to `final_lr` times the epoch's rate. A run that knows when it
+    ends spends its last minutes on small steps that settle the weights, instead of on steps as large
+    as its first; this is the schedule of "budgeted training" (Li et al., 2020).
+    """
+
+    def __init__(self, state: TrainState, cfg: TrainConfig, bar=None, reserve: float = 0.0):
+        """`reserve`: the expected seconds of a validation and its saves, until one has been timed."""
+        super().__init__()
+        self.state, self.cfg, self.bar = state, cfg, bar
+        self.budget = cfg.minutes * 60.0
+        self.every = cfg.validation_minutes * 60.0
+        self.origin = time.perf_counter() - state.elapsed  # elapsed() carries on from a resumed run's clock
+        self.reserve = reserve  # kept free at the budget's end for the last validation and save
+        self.next_validation = state.elapsed + self.every if self.every else math.inf
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.origin
+
+    def validated(self, seconds: float, scoring: float) -> None:
+        """A validation (and its saves) just ended after `seconds`, `scoring` of them spent on the
+        validation split. Unless the user chose the interval, it stretches so that scoring takes at most
+        MAX_VALIDATION_SHARE of the time: a big corpus's validation split would otherwise eat the budget."""
+        self.reserve = seconds
+        every = self.every if self.cfg.validate_every else max(self.every, scoring / MAX_VALIDATION_SHARE)
+        self.next_validation = self.elapsed() + every if every else math.inf
+
+    def stop_at(self) -> float:
+        """When the fit in progress must end."""
+        end = self.budget - self.reserve if self.budget else math.inf
+        return min(self.next_validation, end)
+
+    def spent(self) -> bool:
+        return bool(self.budget) and self.elapsed() >= self.budget - self.reserve
+
+    def due(self) -> bool:
+        return self.elapsed() >= self.stop_at()
+
+    def rate(self) -> float:
+        """The learning rate this step, from the epoch's rate and the share of the budget spent."""
+        if not self.budget:
+            return self.state.learning_rate
+        share = min(self.elapsed() / self.budget, 1.0)
+        warm = min(1.0, share / self.cfg.warmup) if self.cfg.warmup else 1.0
+        return self.state.learning_rate * warm * (1.0 - (1.0 - self.cfg.final_lr) * share)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.budget:
+            self.model.optimizer.learning_rate.assign(self.rate())
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = self.elapsed()
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"epoch {self.state.epoch + 1}, step {self.state.step:,}, "
+                                     f"loss {float(logs['loss']):.3f}", refresh=False)
+            self.bar.update(min(round(now), self.bar.total) - self.bar.n)  # redrawn at most once a second
+        if now >= self.stop_at():
+            self.model.stop_training = True
 
 
 class _TensorBoard:
@@ -207,7 +293,8 @@ def _append_csv(path: Path, row: dict) -> None:
 
 
 def plot_curves(run: RunFolder) -> None:
-    """curves.png: perplexities per epoch and the step loss, for a person to look at."""
+    """curves.png: perplexities against the run's minutes (every validation, within epochs too) and the
+    step loss, for a person to look at."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -219,18 +306,17 @@ def plot_curves(run: RunFolder) -> None:
         with open(path, newline="") as f:
             return list(csv.DictReader(f))
 
-    epochs, steps = rows("metrics.csv"), rows("steps.csv")
+    validations, steps = rows("metrics.csv"), rows("steps.csv")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    if epochs:
-        x = [int(r["epoch"]) for r in epochs]
-        left.plot(x, [float(r["train_ppl"]) for r in epochs], "o-", label="training")
-        left.plot(x, [float(r["valid_ppl"]) for r in epochs], "o-", label="validation")
+    if validations:
+        x = [float(r["minutes"]) for r in validations]
+        left.plot(x, [float(r["train_ppl"]) for r in validations], "o-", label="training (epoch so far)")
+        left.plot(x, [float(r["valid_ppl"]) for r in validations], "o-", label="validation")
         left.set_yscale("log")
         left.legend()
-    left.set(title="perplexity by epoch", xlabel="epoch", ylabel="perplexity (log scale)")
+    left.set(title="perplexity", xlabel="minutes (validation and saving included)", ylabel="perplexity (log scale)")
     if steps:
         right.plot([int(r["step"]) for r in steps], [float(r["loss"]) for r in steps])
-    left.xaxis.get_major_locator().set_params(integer=True)
     right.set(title="training loss", xlabel="step", ylabel="cross-entropy per token")
     fig.tight_layout()
     with atomic_path(run.file("curves.png")) as tmp:
@@ -242,23 +328,21 @@ def _distribution_scope():
     """The TF backend's own multi-device engine: MirroredStrategy over several GPUs, or
     MultiWorkerMirroredStrategy where TF_CONFIG names several machines. One device: no strategy."""
     import contextlib
-    import os
     if keras.backend.backend() != "tensorflow":
-        return contextlib.nullcontext(), 1
+        return contextlib.nullcontext()
     import tensorflow as tf
     if os.environ.get("TF_CONFIG"):
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    elif len(tf.config.list_logical_devices("GPU")) > 1:
-        strategy = tf.distribute.MirroredStrategy()
-    else:
-        return contextlib.nullcontext(), 1
-    return strategy.scope(), strategy.num_replicas_in_sync
+        return tf.distribute.MultiWorkerMirroredStrategy().scope()
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy().scope()
+    return contextlib.nullcontext()
 
 
 def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, model_dir: Path, *,
           resume: bool = False, progress: bool = True, init_embeddings: bool = True, callbacks: tuple = (),
           strategy_scope=None, log=print) -> TrainState:
-    """Train until `train_cfg.epochs` or early stopping; returns the final state.
+    """Train until `train_cfg.epochs`, early stopping, or the end of the budget (`train_cfg.minutes`);
+    returns the final state.
 
     `init_embeddings`: start the embeddings from the word2vec matrix (False: at random, to compare).
     `strategy_scope`: a tf.distribute scope to build the model in (default: picked from the devices).
@@ -273,94 +357,192 @@ def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, mo
     if not valid_split["reply"]:
         raise ErgoError("the validation split is empty: preprocess a corpus with more conversations")
 
+    configure_threads()
     if train_cfg.mixed_precision:
         _mixed_precision(log)
     keras.utils.set_random_seed(data.data_config.seed)
-    scope, replicas = (strategy_scope, None) if strategy_scope is not None else _distribution_scope()
-    with scope:
+    with strategy_scope if strategy_scope is not None else _distribution_scope():
         model = (build_seq2seq(model_cfg, len(vocab), matrix) if init_embeddings else
                  build_seq2seq(model_cfg, len(vocab), embedding_dim=matrix.shape[1]))
         compile_for_training(model, train_cfg)
+        replicas_in_sync = _replicas()
         # the optimizer's variables, built on resume, must be made under the strategy too
         state = load_latest(run, model) if resume else TrainState(learning_rate=train_cfg.learning_rate)
     if resume:
         log(f"resuming {run.path}/ after epoch {state.epoch}, batch {state.position} "
-            f"(best validation perplexity so far {state.best_valid_ppl:.2f})")
+            f"(best validation perplexity so far {state.best_valid_ppl:.2f}, {state.elapsed / 60:.1f} min in)")
+    budget = train_cfg.minutes * 60.0
+    if budget and (state.elapsed >= budget or train_cfg.minutes <= state.spent_minutes):
+        log(f"this run has used its {train_cfg.minutes:g} minutes: pass a larger --minutes to train on")
+        return state
+    if state.stopped_early or state.epoch >= train_cfg.epochs:
+        log(f"this run has ended ({'early stop' if state.stopped_early else f'{state.epoch} epochs'}): "
+            f"nothing to train" + ("" if state.stopped_early else "; pass a larger --epochs to train on"))
+        return state
     model.optimizer.learning_rate.assign(state.learning_rate)
     writer = _TensorBoard.create(run.file("logs"))
-    books = _Books(run, state, train_cfg.log_every, writer)
-    valid_batches = list(BatchIterator(valid_split, train_cfg.batch_size, seed=0))
     reply_tokens = np.array([len(r) + 1 for r in train_split["reply"]])  # + <eos>: the target tokens
+    books = _Books(run, state, train_cfg.log_every, writer, reply_tokens, train_cfg.batch_size)
+    model.tokens_per_batch = books.tokens_per_batch / replicas_in_sync  # each replica's share of a batch
+    valid_batches = list(BatchIterator(valid_split, VALID_BATCH, seed=0))
     params = model.count_params()
     log(f"model: {params:,} parameters, {model_cfg.layers}x{model_cfg.hidden} LSTM, {model_cfg.attention} "
         f"attention; {len(train_split['reply']):,} training pairs, batch {train_cfg.batch_size}"
-        + (f", {replicas} replicas" if replicas and replicas > 1 else ""))
-
+        + (f", {replicas_in_sync} replicas" if replicas_in_sync > 1 else "")
+        + (f"; training for {train_cfg.minutes:g} minutes" if budget else ""))
+    bar = (tqdm(total=round(budget), initial=min(round(state.elapsed), round(budget)), unit="s", desc="train",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s [{postfix}]", mininterval=1.0)
+           if budget and progress else None)
+    clock = _Clock(state, train_cfg, bar, reserve=_validation_seconds(model, valid_batches) if budget else 0.0)
+    fit_seconds = 0.0
+    say = (lambda m: bar.write(m)) if bar is not None else log  # lines above the bar, not through it
+    validate = functools.partial(_validate, run, model, state, train_cfg, data, vocab, valid_batches, books,
+                                 clock, writer, say)
     try:
         while state.epoch < train_cfg.epochs and not state.stopped_early:
             batches = BatchIterator(train_split, train_cfg.batch_size, seed=data.data_config.seed,
                                     epoch=state.epoch, start=state.position)
-            epoch_data = _EpochBatches(batches)
             books.batches = batches
-            log(f"epoch {state.epoch + 1}/{train_cfg.epochs}")
-            started = time.perf_counter()
-            if len(epoch_data):  # none left when a run stopped during the epoch's validation
-                model.fit(_as_keras_data(epoch_data), epochs=1, shuffle=False, verbose=1 if progress else 0,
-                          callbacks=[books, *callbacks])
-            seconds = time.perf_counter() - started
-            state.seconds += seconds
-            done = batches.order[epoch_data.start:]
-            tokens = int(reply_tokens[np.concatenate(done)].sum()) if done else 0
-            train_loss = state.epoch_loss_sum / max(state.epoch_pairs, 1)
-            _finish_epoch(run, model, state, train_cfg, data, vocab, train_loss, perplexity(model, valid_batches),
-                          tokens / seconds if done else 0.0, writer, log)
+            if bar is None and state.position == 0:
+                log(f"epoch {state.epoch + 1}" + ("" if budget else f"/{train_cfg.epochs}"))
+            if state.position < len(batches):  # none left when a run stopped during the epoch's validation
+                started = time.perf_counter()
+                model.fit(as_keras_data(_EpochBatches(batches)), epochs=1, shuffle=False,
+                          verbose=1 if progress and bar is None else 0, callbacks=[books, clock, *callbacks])
+                fit_seconds += time.perf_counter() - started
+                state.seconds += time.perf_counter() - started
+            epoch_end = state.position >= len(batches)
+            if epoch_end or clock.due():
+                validate(epoch_end=epoch_end, tokens_per_s=books.tokens / max(fit_seconds, 1e-9))
+                books.tokens, fit_seconds = 0, 0.0
+            if clock.spent():
+                state.spent_minutes, state.elapsed = train_cfg.minutes, clock.elapsed()
+                save_latest(run, model, state)
+                say(f"the {train_cfg.minutes:g}-minute budget is spent: stopped at epoch {state.epoch + 1}, "
+                    f"batch {state.position} (resume with a larger --minutes to train on)")
+                break
     except KeyboardInterrupt:
+        state.elapsed = clock.elapsed()
         save_latest(run, model, state)
         raise ErgoError(f"interrupted: saved the latest checkpoint in {run.path}/latest/ "
                         f"(epoch {state.epoch + 1}, batch {state.position}); continue with --resume") from None
+    finally:
+        if bar is not None:
+            bar.close()
     return state
 
 
-def _finish_epoch(run, model, state, train_cfg, data, vocab, train_loss, valid_ppl, tokens_per_s, writer, log):
-    """Records, best/, then latest/ of the epoch just trained. `state` moves on only once latest/ is
-    saved: a Ctrl-C before that saves the epoch as trained but not finished, and a resume validates it
-    again (and writes best/ and its retrieval index again, if it was the best)."""
+VALID_BATCH = 256  # validation has no gradients to hold: wide batches, few calls
+
+
+def _validation_seconds(model, valid_batches) -> float:
+    """A budget's first estimate of a validation and its saves: a few batches timed (after one that
+    compiles the step), scaled to the split."""
+    perplexity(model, valid_batches[:1])
+    sample = valid_batches[1:4] or valid_batches[:1]
+    started = time.perf_counter()
+    perplexity(model, sample)
+    return (time.perf_counter() - started) / len(sample) * len(valid_batches) + SAVE_SECONDS
+
+
+def _validate(run, model, state, train_cfg, data, vocab, valid_batches, books, clock, writer, log, *,
+              epoch_end: bool, tokens_per_s: float) -> None:
+    """Validation perplexity, then records, best/ (when it improved) and latest/, at an epoch's end or
+    within one. `state` moves on only once latest/ is saved: a Ctrl-C before that saves the run as
+    trained but not validated, and a resume validates again (and writes best/ again, if it was the best)."""
+    started = time.perf_counter()
+    if state.validated_step == state.step and not epoch_end:
+        return  # nothing trained since the last validation
+    valid_ppl = perplexity(model, valid_batches)
+    scoring = time.perf_counter() - started
     done, state = state, replace(state)
-    state.epoch += 1
-    state.position, state.epoch_loss_sum, state.epoch_pairs = 0, 0.0, 0
+    train_loss = state.epoch_loss_sum / max(state.epoch_pairs, 1)
     train_ppl = math.exp(min(train_loss, 50.0))
+    epoch_share = state.position / max(len(books.batches), 1)
+    state.validated_step = state.step
     improved = valid_ppl < state.best_valid_ppl
     if improved:
-        state.best_valid_ppl, state.best_epoch, state.bad_epochs = valid_ppl, state.epoch, 0
-    else:
-        state.bad_epochs += 1
+        state.best_valid_ppl, state.best_epoch = valid_ppl, state.epoch + 1
+    minutes = clock.elapsed() / 60
     _append_csv(run.file("metrics.csv"), {
-        "epoch": state.epoch, "step": state.step, "train_loss": round(train_loss, 5),
-        "train_ppl": round(train_ppl, 3), "valid_ppl": round(valid_ppl, 3),
-        "learning_rate": f"{state.learning_rate:.6g}", "tokens_per_s": round(tokens_per_s), "seconds": round(state.seconds, 1)})
+        "epoch": state.epoch + 1, "epoch_share": round(epoch_share, 4), "step": state.step,
+        "minutes": round(minutes, 3), "train_loss": round(train_loss, 5), "train_ppl": round(train_ppl, 3),
+        "valid_ppl": round(valid_ppl, 3), "learning_rate": f"{float(model.optimizer.learning_rate):.6g}",
+        "tokens_per_s": round(tokens_per_s), "seconds": round(state.seconds, 1)})
     if writer is not None:
-        writer.scalar("epoch/train_ppl", train_ppl, state.epoch)
-        writer.scalar("epoch/valid_ppl", valid_ppl, state.epoch)
+        writer.scalar("valid/ppl", valid_ppl, state.step)
+        writer.scalar("train/epoch_ppl", train_ppl, state.step)
     if improved:
-        save_bundle(run.file("best"), model, data.data_config, model.cfg, vocab, {
-            "corpus": data.manifest["corpus"]["name"], "epoch": state.epoch, "step": state.step,
+        _save_best(run, model, data, vocab, {
+            "corpus": data.manifest["corpus"]["name"], "epoch": state.epoch + 1,
+            "epoch_share": round(epoch_share, 4), "step": state.step,
             "valid_perplexity": round(valid_ppl, 3), "train_perplexity": round(train_ppl, 3),
             "parameters": model.count_params(), "training_seconds": round(state.seconds, 1),
-            "backend": keras.backend.backend(), "data_dir": str(data.path.resolve()), "data": data.stats["pairs"]})
-        build_index(data, run.file("best"))
-    if state.bad_epochs >= train_cfg.patience:
-        state.stopped_early = True
-    state.learning_rate *= train_cfg.lr_decay
-    model.optimizer.learning_rate.assign(state.learning_rate)
+            "minutes": round(minutes, 2), "backend": keras.backend.backend(),
+            "data_dir": str(data.path.resolve()), "data": data.stats["pairs"]})
+    where = f"epoch {state.epoch + 1}" + ("" if epoch_end else f" at {epoch_share:.0%}")
+    if epoch_end:
+        state.bad_epochs = 0 if state.best_epoch == state.epoch + 1 else state.bad_epochs + 1
+        state.epoch += 1
+        state.position, state.epoch_loss_sum, state.epoch_pairs = 0, 0.0, 0
+        if state.bad_epochs >= train_cfg.patience:
+            state.stopped_early = True
+        state.learning_rate *= train_cfg.lr_decay
+        model.optimizer.learning_rate.assign(state.learning_rate)
+    state.elapsed = clock.elapsed()
     save_latest(run, model, state)
     done.__dict__.update(asdict(state))
     plot_curves(run)
+    clock.validated(time.perf_counter() - started, scoring)
     mark = " (best, saved to best/)" if improved else ""
-    log(f"epoch {state.epoch}: training perplexity {train_ppl:.2f}, validation perplexity {valid_ppl:.2f}{mark}, "
-        f"{tokens_per_s:,.0f} target tokens/s")
-    if state.stopped_early:
+    log(f"{where}, {minutes:.1f} min: training perplexity {train_ppl:.2f}, validation perplexity "
+        f"{valid_ppl:.2f}{mark}, {tokens_per_s:,.0f} target tokens/s")
+    if done.stopped_early:
         log(f"early stop: no better validation perplexity for {train_cfg.patience} epochs "
-            f"(best {state.best_valid_ppl:.2f} at epoch {state.best_epoch})")
+            f"(best {done.best_valid_ppl:.2f} in epoch {done.best_epoch})")
+
+
+def _save_best(run: RunFolder, model, data: PreparedData, vocab, card: dict) -> None:
+    """best/ as a bundle. Its retrieval index depends on the data alone (the same for the whole run),
+    so it is built with the first best/ and carried into every later one."""
+    best = run.file("best")
+    index = best / INDEX_FILE
+    carried = [index] if index.is_file() else []
+    save_bundle(best, model, data.data_config, model.cfg, vocab, card, carry=carried)
+    if not carried:
+        build_index(data, best)
+
+
+def _replicas() -> int:
+    """Replicas the distribution strategy in force splits each batch over (1 without one)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def configure_threads() -> None:
+    """One TensorFlow thread inside each op, on a CPU of few cores: the steps' matrix products are small
+    enough that splitting each over the cores costs more than it saves, while independent ops (a
+    gradient's two products, the two directions of work in the backward pass) then run side by side.
+    Set before TensorFlow starts its runtime; ERGO_INTRA_OP_THREADS overrides it, and a runtime that
+    already started (a test, a notebook) keeps its own."""
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+    given = os.environ.get("ERGO_INTRA_OP_THREADS", "1" if (os.cpu_count() or 1) <= CPU_FEW_CORES else "0")
+    if not given.isdigit():
+        raise ErgoError(f"ERGO_INTRA_OP_THREADS must be a whole number (0: TensorFlow's choice), not {given!r}")
+    wanted = int(given)
+    if tf.config.list_physical_devices("GPU") or not wanted:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(wanted)
+    except RuntimeError:
+        pass  # the runtime has started: its setting stays
+
+
+CPU_FEW_CORES = 4
 
 
 def _mixed_precision(log) -> None:

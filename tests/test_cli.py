@@ -45,3 +45,17 @@ def test_user_mistakes_get_one_line_and_exit_2(tmp_path, args, message):
 def test_nothing_to_do_says_so():
     r = subprocess.run([sys.executable, str(ROOT / "main.py")], capture_output=True, text=True)
     assert r.returncode == 2 and "nothing to do" in r.stderr
+
+
+def test_train_for_minutes_on_a_prepared_data_folder(tmp_path):
+    corpus = write_text_corpus(tmp_path / "talk.txt", synthetic_conversations(60))
+    assert run("--preprocess", "--corpus", str(corpus), "--preset", "tiny", "--data-dir", "prepared", "--quiet",
+               cwd=tmp_path).returncode == 0
+    r = run("--train", "--data-dir", "prepared", "--preset", "tiny", "--minutes", "0.25", "--validate-every", "0.1",
+            "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "prepared/ up to date, reused" in r.stdout and "0.25-minute budget is spent" in r.stdout
+    assert "best model: checkpoints/talk-tiny/best/" in r.stdout
+    r = run("--train", "--data-dir", "prepared", "--preset", "tiny", "--minutes", "0.25", "--resume", "--quiet",
+            cwd=tmp_path)
+    assert r.returncode == 0 and "has used its 0.25 minutes" in r.stdout, r.stderr

@@ -11,7 +11,7 @@ import pytest
 
 from ergo.config import ModelConfig, TrainConfig
 from ergo.errors import ErgoError
-from ergo.model import build_seq2seq, compile_for_training, masked_loss, perplexity
+from ergo.model import build_seq2seq, compile_for_training, masked_loss, perplexity, unit_scale
 from ergo.vocab import EOS_ID, GO_ID, PAD_ID
 
 V, E = 40, 8
@@ -115,8 +115,8 @@ def test_trains_on_a_copy_task(cfg):
     src, dec_in, target = copy_task()
     losses = [model.train_on_batch((src, dec_in), target) for _ in range(25)]
     assert all(math.isfinite(x) for x in losses)
-    assert np.mean(losses[-3:]) < 0.7 * losses[0]
-    unchanged = np.array_equal(keras.ops.convert_to_numpy(model.enc_embedding.embeddings), m)
+    assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5])  # windows: a sampled loss is noisy step to step
+    unchanged = np.array_equal(keras.ops.convert_to_numpy(model.enc_embedding.embeddings), unit_scale(m))
     assert unchanged == cfg.freeze_embeddings
 
 
@@ -149,11 +149,13 @@ def _teacher(reply):
     return dec_in, target
 
 
-def test_embeddings_start_from_the_matrix():
-    m = matrix(7)
+def test_embeddings_start_from_the_matrix_at_unit_scale():
+    m = matrix(7) * 0.3
     model = build_seq2seq(tiny(share_embeddings=False), V, m)
     for emb in (model.enc_embedding, model.dec_embedding):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(emb.embeddings), m)
+        start = keras.ops.convert_to_numpy(emb.embeddings)
+        np.testing.assert_allclose(start, m / m.std(), rtol=1e-5)
+        assert start.std() == pytest.approx(1.0, rel=1e-4)
     shared = build_seq2seq(tiny(), V, m)
     assert shared.enc_embedding is shared.dec_embedding
 
