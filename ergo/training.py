@@ -467,7 +467,7 @@ def _validate(run, model, state, train_cfg, data, vocab, valid_batches, books, c
     _append_csv(run.file("metrics.csv"), {
         "epoch": state.epoch + 1, "epoch_share": round(epoch_share, 4), "step": state.step,
         "minutes": round(minutes, 3), "train_loss": round(train_loss, 5), "train_ppl": round(train_ppl, 3),
-        "valid_ppl": round(valid_ppl, 3), "learning_rate": f"{float(model.optimizer.learning_rate):.6g}",
+        "valid_ppl": round(valid_ppl, 3), "learning_rate": f"{float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)):.6g}",
         "tokens_per_s": round(tokens_per_s), "seconds": round(state.seconds, 1)})
     if writer is not None:
         writer.scalar("valid/ppl", valid_ppl, state.step)
