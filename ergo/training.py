@@ -143,7 +143,7 @@ class _EpochBatches(keras.utils.PyDataset):
         return (enc, dec_in), target
 
 
-def as_keras_data(batches: _EpochBatches):
+def as_keras_data(batches: keras.utils.PyDataset):
     """On TensorFlow a tf.data pipeline with open widths (a PyDataset would pin them to the widths
     of its first two batches); other backends take the PyDataset as it is."""
     if keras.backend.backend() != "tensorflow":
@@ -206,8 +206,8 @@ class _Clock(keras.callbacks.Callback):
     """The run's wall clock: it ends a fit when a validation is due (every `validate_every` minutes) or
     when the budget (`minutes`) must stop training to leave time for the last validation and save.
 
-    Under a budget it also sets the learning rate of every step from the share of the budget spent:
-    a short warm-up, then a linear fall to `final_lr` times the epoch's rate. A run that knows when it
+    Under a budget with a schedule it also sets the learning rate of every step from the share of the
+    budget spent: an optional warm-up, then a linear fall to `final_lr` times the epoch's rate. A run that knows when it
     ends spends its last minutes on small steps that settle the weights, instead of on steps as large
     as its first; this is the schedule of "budgeted training" (Li et al., 2020).
     """
@@ -217,6 +217,7 @@ class _Clock(keras.callbacks.Callback):
         super().__init__()
         self.state, self.cfg, self.bar = state, cfg, bar
         self.budget = cfg.minutes * 60.0
+        self.scheduled = bool(self.budget) and (cfg.warmup > 0 or cfg.final_lr < 1)
         self.every = cfg.validation_minutes * 60.0
         self.origin = time.perf_counter() - state.elapsed  # elapsed() carries on from a resumed run's clock
         self.reserve = reserve  # kept free at the budget's end for the last validation and save
@@ -246,14 +247,12 @@ class _Clock(keras.callbacks.Callback):
 
     def rate(self) -> float:
         """The learning rate this step, from the epoch's rate and the share of the budget spent."""
-        if not self.budget:
-            return self.state.learning_rate
         share = min(self.elapsed() / self.budget, 1.0)
         warm = min(1.0, share / self.cfg.warmup) if self.cfg.warmup else 1.0
         return self.state.learning_rate * warm * (1.0 - (1.0 - self.cfg.final_lr) * share)
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.budget:
+        if self.scheduled:  # the default (constant) rate costs the step nothing
             self.model.optimizer.learning_rate.assign(self.rate())
 
     def on_train_batch_end(self, batch, logs=None):
