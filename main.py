@@ -14,11 +14,11 @@ from ergo.errors import ErgoError
 
 UNBOUNDED_EPOCHS = 10_000
 DEFAULT_CORPUS = "chitchat"
-ACTIONS = ("download", "preprocess", "train", "evaluate", "export", "chat", "serve")
+ACTIONS = ("download", "preprocess", "train", "train_selector", "evaluate", "export", "chat", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ergo.config import DEFAULT_PRESET, PRESETS
+    from ergo.config import DEFAULT_PRESET, PRESETS, SELECTOR_ENCODERS
     from ergo.corpora import NAMED, READERS
 
     p = argparse.ArgumentParser(
@@ -29,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fetch a corpus from its official address into corpora/NAME/ (cornell, ubuntu)")
     act.add_argument("--preprocess", action="store_true",
                      help="corpus -> tokens -> vocabulary -> pickled id sequences + word2vec")
-    act.add_argument("--train", action="store_true", help="train the seq2seq model (preprocesses first when needed)")
+    act.add_argument("--train", action="store_true",
+                     help="train the seq2seq model and its reply selector (preprocesses first when needed)")
+    act.add_argument("--train-selector", action="store_true",
+                     help="train a reply selector into an existing bundle (replacing its own), then choose its "
+                          "weight in the ranking on the validation split")
     act.add_argument("--evaluate", action="store_true",
                      help="perplexity, recall@k, distinct-n, BLEU, sample replies -> report.md in the bundle")
     act.add_argument("--export", action="store_true", help="write a TensorFlow SavedModel for TF Serving")
@@ -90,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-word2vec", action="store_true",
                     help="start the embeddings at random instead of from word2vec (for comparison)")
     tr.add_argument("--mixed-precision", action="store_true", default=None, help="float16 compute on a GPU")
+    tr.add_argument("--selector", choices=SELECTOR_ENCODERS,
+                    help="the reply selector's towers: bow (averaged word vectors, the default), lstm, or none")
+    tr.add_argument("--selector-share", type=float, metavar="SHARE",
+                    help="with --minutes: the share of the budget the selector trains for (default 0.1); "
+                         "--train-selector trains for --minutes itself")
 
     rep = p.add_argument_group("replies (--chat, --evaluate, --export)")
     rep.add_argument("--mode", choices=("generate", "retrieve", "hybrid"), help="how replies are found")
@@ -130,6 +139,11 @@ def model_and_train_config(args):
                      final_lr=args.final_lr, warmup=args.warmup, label_smoothing=args.label_smoothing,
                      mixed_precision=args.mixed_precision)
     return model, train
+
+
+def selector_config(args):
+    from ergo.config import get_preset, override
+    return override(get_preset(args.preset).selector, encoder=args.selector, share=args.selector_share)
 
 
 def reply_settings(args) -> dict:
@@ -179,10 +193,16 @@ def run(args) -> None:
         from ergo.training import train
         model_cfg, train_cfg = model_and_train_config(args)
         run_dir = args.model_dir or Path("checkpoints") / f"{data.manifest['corpus']['name']}-{args.preset}"
-        state = train(data, model_cfg, train_cfg, run_dir, resume=args.resume, progress=not args.quiet,
-                      init_embeddings=not args.no_word2vec)
+        state = train(data, model_cfg, train_cfg, run_dir, selector_cfg=selector_config(args), resume=args.resume,
+                      progress=not args.quiet, init_embeddings=not args.no_word2vec)
         print(f"best model: {run_dir}/best/ (validation perplexity {state.best_valid_ppl:.2f} at epoch "
               f"{state.best_epoch}); curves in {run_dir}/curves.png, TensorBoard: tensorboard --logdir {run_dir}/logs")
+    if args.train_selector:
+        from ergo.training import add_selector
+        bundle = bundle_dir(args)
+        add_selector(bundle, args.data_dir or _trained_on(bundle), selector_config(args), minutes=args.minutes or 0.0,
+                     progress=not args.quiet)
+        print(f"reply selector added to {bundle}/ (its weight in the ranking: {bundle}/ranking.json)")
     if args.evaluate:
         from ergo.evaluation import evaluate, headline
         bundle = bundle_dir(args)

@@ -3,12 +3,14 @@
 The warm-up replies to every history once, so that the figures are steady-state ones; the first
 reply's time ("first ms": tracing, and XLA compiling the searches) is printed beside them.
 
-Timing needs no training: the bundle has a preset's shape with random weights, and its retrieval
-index holds 100,000 random training pairs (about the size of the default corpus). Random weights
+Timing needs no training: the bundle has a preset's shape with random weights, and its reply selector
+(the preset's, `--selector none`: the older context index instead) indexes 100,000 random training
+replies (about the size of the default corpus). Random weights
 almost never emit <eos>, so every reply runs the full max_len steps: the worst case. Each history
 is two turns of 12 random words (a context of about 25 tokens).
 
     python bench/reply_latency.py [--preset base quick] [--replies 100] [--max-len 20] [--shortlist N]
+        [--selector bow|lstm|none]
 
 Figures depend on what else the machine runs: the load average is printed with them.
 """
@@ -37,13 +39,15 @@ MODES = {
 INDEX_PAIRS = 100_000
 
 
-def random_bundle(preset_name: str, folder: Path, seed: int = 0):
-    """A bundle of the preset's shape with random weights and a random retrieval index."""
+def random_bundle(preset_name: str, folder: Path, seed: int = 0, selector: str | None = None):
+    """A bundle of the preset's shape with random weights and a random reply selector (`selector`: its
+    towers, default the preset's; "none": a random context index instead)."""
     import keras
     import numpy as np
 
     from ergo.bundle import save_bundle
-    from ergo.config import get_preset
+    from ergo.config import get_preset, override
+    from ergo.selector import FOLDER, build_selector, save_selector
     from ergo.model import build_seq2seq
     from ergo.retrieval import build_index
     from ergo.vocab import SPECIALS, Vocab
@@ -59,8 +63,13 @@ def random_bundle(preset_name: str, folder: Path, seed: int = 0):
                                       dtype=np.int32) for _ in range(INDEX_PAIRS)],
              "reply": [rng.integers(len(SPECIALS), n_words, rng.integers(1, preset.data.max_reply_len),
                                     dtype=np.int32) for _ in range(INDEX_PAIRS)]}
-    embeddings = rng.normal(size=(n_words, preset.data.embedding_dim)).astype(np.float32)
-    build_index(SimpleNamespace(vocab=lambda: vocab, split=lambda _: split, embeddings=lambda: embeddings), folder)
+    cfg = override(preset.selector, encoder=selector)
+    if cfg.encoder == "none":
+        embeddings = rng.normal(size=(n_words, preset.data.embedding_dim)).astype(np.float32)
+        build_index(SimpleNamespace(vocab=lambda: vocab, split=lambda _: split, embeddings=lambda: embeddings), folder)
+    else:
+        model = build_selector(cfg, n_words, embedding_dim=preset.data.embedding_dim)
+        save_selector(model, vocab, split["reply"], folder / FOLDER, {"note": "random weights, for timing"})
     return vocab
 
 
@@ -92,19 +101,20 @@ def weight_floor(bot, steps: int) -> tuple[float, float]:
     return sum(int(np.prod(w.shape)) for w in mats) * 4 / 1e6, statistics.median(times)
 
 
-def measure(preset: str, replies: int, max_len: int, shortlist: int | None) -> None:
+def measure(preset: str, replies: int, max_len: int, shortlist: int | None, selector: str | None) -> None:
     import numpy as np
 
     from ergo.chatbot import Chatbot
 
     with tempfile.TemporaryDirectory() as tmp:
-        vocab = random_bundle(preset, Path(tmp) / "bundle")
+        vocab = random_bundle(preset, Path(tmp) / "bundle", selector=selector)
         bot = Chatbot.load(Path(tmp) / "bundle", shortlist=shortlist)
         rng = np.random.default_rng(1)
         histories = [[" ".join(rng.choice(vocab.words[5:], 12)) for _ in range(2)] for _ in range(replies)]
         sl = bot.decoder.shortlist_size
         print(f"\n{preset}: {bot.model.cfg.layers}x{bot.model.cfg.hidden} LSTM, vocabulary {len(vocab):,}, "
-              f"shortlist {sl or 'none (full softmax)'}; {replies} replies of {max_len} tokens each; "
+              f"shortlist {sl or 'none (full softmax)'}; selector {bot.selector.model.cfg.encoder if bot.selector else 'none'}; "
+              f"{replies} replies of {max_len} tokens each; "
               f"load average {os.getloadavg()[0]:.1f}")
         megabytes, floor = weight_floor(bot, max_len)
         print(f"decoder weights {megabytes:.1f} MB a step; their products alone, {max_len} steps at batch 1: "
@@ -135,11 +145,13 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=20)
     p.add_argument("--shortlist", type=int, help="words in a reply's shortlist (0: full softmax; "
                                                   "default: ergo.decoding's rule)")
+    p.add_argument("--selector", choices=("bow", "lstm", "none"),
+                   help="the reply selector's towers (default: the preset's); none: the older context index")
     args = p.parse_args()
     import keras
     print(f"backend {keras.backend.backend()}, {os.cpu_count()} CPUs")
     for preset in args.preset:
-        measure(preset, args.replies, args.max_len, args.shortlist)
+        measure(preset, args.replies, args.max_len, args.shortlist, args.selector)
 
 
 if __name__ == "__main__":

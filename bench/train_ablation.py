@@ -29,7 +29,7 @@ from ergo.batching import BatchIterator, make_batch  # noqa: E402
 from ergo.config import get_preset, override  # noqa: E402
 from ergo.dataset import PreparedData  # noqa: E402
 from ergo.model import build_seq2seq, compile_for_training, perplexity  # noqa: E402
-from ergo.training import as_keras_data  # noqa: E402
+from ergo.batching import as_keras_data  # noqa: E402
 
 
 def _uniform(rng, shape, bound):

@@ -1,4 +1,5 @@
-"""Length-bucketed, shuffled numpy batches of (encoder_in, decoder_in, decoder_target).
+"""Length-bucketed, shuffled numpy batches of (encoder_in, decoder_in, decoder_target), and the
+pipeline that feeds numpy batches to Keras.
 
 Pairs of similar length go together, so little of a batch is padding; batch widths are rounded up
 to a multiple of `width_multiple`, so a compiled training step sees only a handful of shapes.
@@ -88,3 +89,17 @@ class BatchIterator:
         batch = make_batch(self.split, self.order[self.position], self.width_multiple)
         self.position += 1
         return batch
+
+
+def as_keras_data(batches):
+    """A keras.utils.PyDataset of numpy batches as `fit` input: on TensorFlow a tf.data pipeline with
+    open widths (a PyDataset would pin them to the widths of its first two batches; the spec is read
+    from the first batch), on other backends the PyDataset as it is."""
+    import keras
+    if keras.backend.backend() != "tensorflow":
+        return batches
+    import tensorflow as tf
+    spec = tf.nest.map_structure(lambda a: tf.TensorSpec([None] * np.ndim(a), tf.as_dtype(np.asarray(a).dtype)),
+                                 batches[0])
+    data = tf.data.Dataset.from_generator(lambda: (batches[i] for i in range(len(batches))), output_signature=spec)
+    return data.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(2)

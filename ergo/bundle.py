@@ -4,6 +4,8 @@
     vocab.json         the vocabulary the weights were trained with
     model.weights.h5   the weights
     card.json/card.md  the metrics card: which epoch, validation perplexity, training time, corpus
+    selector/          the reply selector (ergo/selector.py) and ranking.json, its weight in the
+                       ranking (ergo/ranking.py); retrieval.npz instead in a bundle without one
 
 A bundle is written into a temp folder and renamed into place. Loading checks the pieces against each
 other (vocabulary size, weight shapes) and refuses a bundle that does not add up.
@@ -73,7 +75,8 @@ class Bundle:
 def save_bundle(path: Path, model, data_config: DataConfig, model_config: ModelConfig, vocab: Vocab,
                 card: dict, carry: Sequence[Path] = ()) -> None:
     """Write a complete bundle atomically (an interrupted save keeps the previous bundle whole).
-    `carry`: files (of the bundle being replaced) that go into the new one as they are, hard-linked."""
+    `carry`: files or folders (of the bundle being replaced, of the run) that go into the new one as they
+    are, hard-linked."""
     config = {"ergo_version": __version__, "data_config": to_dict(data_config),
               "model_config": to_dict(model_config), "vocab_size": len(vocab),
               "embedding_dim": int(model.enc_embedding.output_dim), "tokenizer": {**TOKENIZER,
@@ -81,17 +84,25 @@ def save_bundle(path: Path, model, data_config: DataConfig, model_config: ModelC
     with atomic_dir(path) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         vocab.save(tmp / "vocab.json")
-        _save_weights_only(model, tmp / "model.weights.h5")
+        save_weights_only(model, tmp / "model.weights.h5")
         (tmp / "card.json").write_text(json.dumps(card, indent=2), encoding="utf-8")
         (tmp / "card.md").write_text(_card_markdown(card), encoding="utf-8")
         for file in carry:
-            try:
-                os.link(file, tmp / Path(file).name)
-            except OSError:  # a file system without hard links
-                shutil.copy2(file, tmp / Path(file).name)
+            link(Path(file), tmp / Path(file).name)
 
 
-def _save_weights_only(model, path: Path) -> None:
+def link(source, target) -> None:
+    """A hard link of a file, or of every file of a folder; a copy on a file system without links."""
+    if Path(source).is_dir():
+        shutil.copytree(source, target, copy_function=link)
+        return
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def save_weights_only(model, path: Path) -> None:
     """Keras saves a compiled model's optimizer state with its weights (tripling the file); a reply
     needs none of it. Keras's own weights writer skips it when asked (its public save_weights cannot
     be asked; keras is pinned in requirements.txt). Building an uncompiled twin to save instead cost

@@ -1,14 +1,21 @@
 """Chatbot: a trained bundle that replies to a conversation. Every front end (terminal, web,
 evaluation) goes through `Chatbot.reply(history, **settings)`, so they all answer alike.
 
-A reply is chosen among candidates: the n-best of a search (`mode` generate), replies of the nearest
-training contexts (retrieve), or both (hybrid). Candidates are ranked by log p(reply | context) over
-a length penalty (with the default 1: the mean per word), minus `mmi` times the reply's mean log p
-per word given an empty context: the MMI-antiLM score of Li et al. 2016, per word, which demotes
-replies that fit any context, such as "i don't know". With both terms per word the penalty favours
-neither short nor long replies; at mmi 1 the score is the pointwise mutual information of context
-and reply per word, which ranked true replies best in evaluation (recall@1, see ergo/evaluation.py).
-The best candidate the safety filter lets through is shown.
+A reply is chosen among candidates: the n-best of a search (`mode` generate), training replies
+(retrieve), or both (hybrid). Retrieval takes the training replies nearest the context by the bundle's
+reply selector (ergo/selector.py), or, in a bundle without one, the replies of the nearest training
+contexts (ergo/retrieval.py).
+
+The generator's score of a candidate is log p(reply | context) over a length penalty (with the
+default 1: the mean per word), minus `mmi` times the reply's mean log p per word given an empty
+context: the MMI-antiLM score of Li et al. 2016, per word, which demotes replies that fit any context,
+such as "i don't know". With both terms per word the penalty favours neither short nor long replies.
+The generate mode ranks by it alone; retrieve and hybrid, with a selector, by its mix with the
+selector's score that ranked true replies best on the validation split (ergo/ranking.py).
+
+No candidate repeats a turn of the conversation (the user's last words, the bot's own earlier replies),
+and retrieved replies obey the n-gram rules that generation does. The best candidate the safety
+filter lets through is shown.
 """
 from __future__ import annotations
 
@@ -22,17 +29,20 @@ import numpy as np
 from .bundle import Bundle
 from .dataset import context_window
 from .errors import ErgoError
+from .ranking import combine, selector_weight
 from .retrieval import RetrievalIndex
 from .safety import FALLBACK_REPLY, SafetyFilter
 from .text import detokenize, tokenize
+from .vocab import PAD_ID, SEP_ID
 
 if TYPE_CHECKING:
     from .decoding import Candidate
-# ergo.decoding (and so keras) loads with a Chatbot's model, not at import: the web app imports
-# SETTINGS and check_settings in its master process, before it forks the workers.
+# ergo.decoding and ergo.selector (and so keras) load with a Chatbot's model, not at import: the web
+# app imports SETTINGS and check_settings in its master process, before it forks the workers.
 
 MODES = ("generate", "retrieve", "hybrid")
 DECODERS = ("greedy", "beam", "sample")
+AVOID_TURNS = 10  # turns of the conversation a reply may not repeat word for word
 
 
 @dataclass
@@ -94,6 +104,7 @@ class Ranked:
     candidate: Candidate
     source: str      # greedy, beam, sample or retrieval
     rank: float      # the ranking score (higher is better)
+    selector: float | None = None  # the selector's score, where it ranked
 
 
 class Chatbot:
@@ -109,7 +120,10 @@ class Chatbot:
         own = bundle.path / "blocklist.txt"
         self.safety = SafetyFilter.load(blocklist if blocklist is not None else own if own.is_file() else None)
         self.decoder = Decoder(self.model, banned=self.safety.banned_ids(self.vocab), shortlist=shortlist, xla=xla)
-        self.index = RetrievalIndex.load(bundle.path, self.vocab, xla=xla)
+        from .selector import Selector
+        self.selector = Selector.load(bundle.path, self.vocab, xla=xla)
+        self.selector_weight = selector_weight(bundle.path) if self.selector is not None else 0.0
+        self.index = RetrievalIndex.load(bundle.path, self.vocab, xla=xla) if self.selector is None else None
         self._rng = np.random.default_rng()
 
     @classmethod
@@ -137,43 +151,53 @@ class Chatbot:
         """A reply to the last turn of `history` (the conversation so far, oldest first)."""
         started = time.perf_counter()
         settings = check_settings(settings)
-        if not history or not tokenize(str(history[-1]), self.bundle.data_config.lowercase):
+        lowercase = self.bundle.data_config.lowercase
+        if not history or not tokenize(str(history[-1]), lowercase):
             raise ErgoError("nothing to reply to: the last turn has no words")
-        return self.respond(self.context(history), started=started, **settings)
+        avoid = [self.vocab.encode(tokenize(str(t), lowercase)) for t in history[-AVOID_TURNS:]]
+        return self.respond(self.context(history), started=started, avoid=avoid, **settings)
 
-    def respond(self, context: np.ndarray, started: float | None = None, **settings) -> Reply:
-        """A reply to a context of word ids (as `context` builds it); evaluation uses this directly."""
+    def respond(self, context: np.ndarray, started: float | None = None, avoid: Sequence[Sequence[int]] = (),
+                **settings) -> Reply:
+        """A reply to a context of word ids (as `context` builds it); evaluation uses this directly.
+        `avoid`: turns (word ids) the reply may not repeat, besides those of the context."""
         started = time.perf_counter() if started is None else started
         settings = check_settings(settings)
-        shown = self._first_safe(self.candidates(context, settings))
+        avoid = {tuple(t) for t in (*avoid, *_turns(context)) if t}
+        shown = self._first_safe(self.candidates(context, settings, avoid))
         ranked_by = settings
         if shown is None:  # every candidate blocked: look further down a wide beam before giving up
             ranked_by = dict(settings, beam_size=16, mmi=0.0)
             shown = self._first_safe(self._rank(
-                self._generate(context, ranked_by, "beam", self.decoder.shortlist(context)), ranked_by))
+                self._fresh(self._generate(context, ranked_by, "beam", self.decoder.shortlist(context)), avoid),
+                ranked_by))
         if shown is None:
             tokens = tokenize(FALLBACK_REPLY, lowercase=False)
             return Reply(FALLBACK_REPLY, tokens, 0.0, "fallback", time.perf_counter() - started, settings)
         best, tokens, text = shown
-        label = best.source + ("+mmi" if ranked_by["mmi"] > 0 else "")
+        label = best.source + ("+mmi" if ranked_by["mmi"] > 0 else "") + ("+selector" if best.selector is not None else "")
         return Reply(text, tokens, best.candidate.logp / max(best.candidate.n_tokens, 1), label,
                      time.perf_counter() - started, settings)
 
-    def candidates(self, context: np.ndarray, settings: dict) -> list[Ranked]:
-        """Every candidate for the settings' mode, best first. Retrieval goes first: the retrieved
-        replies are scored by the same compiled call as the search (the context is encoded once),
-        and a shortlist (for a large vocabulary) holds their words too, so all compete on one scale.
-        When retrieval finds nothing (no index in the bundle, a context of unknown words, or every reply
-        unusable), the retrieve mode answers by generation."""
+    def candidates(self, context: np.ndarray, settings: dict, avoid: set = frozenset()) -> list[Ranked]:
+        """Every candidate for the settings' mode, best first, none of them a turn in `avoid`. Retrieval
+        goes first: the retrieved replies are scored by the same compiled call as the search (the context
+        is encoded once), and a shortlist (for a large vocabulary) holds their words too, so all compete
+        on one scale. When retrieval finds nothing (no index in the bundle, a context of unknown words, or
+        every reply unusable), the retrieve mode answers by generation."""
         mode, anti = settings["mode"], settings["mmi"] > 0
-        retrieved = self._retrieve(context, settings) if mode != "generate" and self.index is not None else []
+        selector = self.selector if mode != "generate" else None
+        vector = selector.context_vector(context) if selector is not None else None
+        retrieved = self._retrieve(context, settings, avoid, vector) if mode != "generate" else []
         shortlist = self.decoder.shortlist(context, *(c.ids for c in retrieved))
         if mode != "retrieve" or not retrieved:
             found = self._generate(context, settings, settings["decoder"], shortlist, anti, retrieved)
         else:
             found = [(c, "retrieval") for c in self.decoder.rescore(context, retrieved, shortlist=shortlist,
                                                                    anti_lm=anti)]
-        return self._rank(found, settings)
+        found = self._fresh(found, avoid)
+        scores = selector.score(context, [c.ids for c, _ in found], vector) if selector is not None else None
+        return self._rank(found, settings, scores)
 
     # -- candidates ------------------------------------------------------------------------------
 
@@ -195,21 +219,44 @@ class Chatbot:
         n = len(found) - len(retrieved)
         return [(c, decoder if i < n else "retrieval") for i, c in enumerate(found)]
 
-    def _retrieve(self, context, s: dict) -> list[Candidate]:
-        """The nearest contexts' replies that the decoder could have produced (none with a banned
-        word or <unk>, none shorter than min_len; cut to max_len), not yet scored."""
+    def _retrieve(self, context, s: dict, avoid: set, vector) -> list[Candidate]:
+        """Up to `candidates` training replies the decoder could have produced (none with a banned word
+        or <unk>, none shorter than min_len; cut to max_len) that obey generation's n-gram rules and
+        repeat no turn in `avoid`, not yet scored: the selector's nearest to the context's `vector`, or
+        without a selector the replies of the nearest contexts."""
         from .decoding import Candidate
+        if self.selector is not None:
+            found = self.selector.search(vector, RETRIEVE_POOL * s["candidates"])  # room for those refused
+        elif self.index is not None:
+            found = self.index.search(context, s["candidates"])
+        else:
+            return []
         banned = set(self.decoder.banned.tolist())
-        found = [ids for ids, _ in self.index.search(context, s["candidates"])
-                 if len(ids) >= s["min_len"] and not banned.intersection(ids)]
-        return [Candidate(ids[:s["max_len"]], 0.0, len(ids) <= s["max_len"]) for ids in found]
+        context_grams = _ngrams(np.asarray(context).tolist(), s["block_context_ngram"])
+        kept = [ids for ids, _ in found
+                if len(ids) >= s["min_len"] and not banned.intersection(ids) and tuple(ids) not in avoid
+                and _obeys_ngram_rules(ids[:s["max_len"]], s["no_repeat_ngram"], s["block_context_ngram"],
+                                       context_grams)]
+        return [Candidate(ids[:s["max_len"]], 0.0, len(ids) <= s["max_len"]) for ids in kept[:s["candidates"]]]
 
-    def _rank(self, found: list[tuple[Candidate, str]], s: dict) -> list[Ranked]:
-        """Best first by log p(r|c) / length_penalty - mmi * log p(r|empty) per word; the sample
-        decoder's draws and the greedy reply are ranked the same way, so all compete on one scale."""
+    @staticmethod
+    def _fresh(found: list[tuple[Candidate, str]], avoid: set) -> list[tuple[Candidate, str]]:
+        """The candidates that repeat no turn in `avoid` word for word."""
+        return [(c, source) for c, source in found if tuple(c.ids) not in avoid]
+
+    def _rank(self, found: list[tuple[Candidate, str]], s: dict, selector_scores=None) -> list[Ranked]:
+        """Best first by the generator's score, log p(r|c) / length_penalty - mmi * log p(r|empty) per
+        word (the sample decoder's draws and the greedy reply are ranked the same way, so all compete on
+        one scale); mixed with the selector's scores, when given, by the bundle's weight."""
         from .decoding import length_penalty
-        ranked = [Ranked(c, source, c.logp / length_penalty(c.n_tokens, s["length_penalty"])
-                         - s["mmi"] * c.anti / max(c.n_tokens, 1)) for c, source in found]
+        generator = [c.logp / length_penalty(c.n_tokens, s["length_penalty"]) - s["mmi"] * c.anti / max(c.n_tokens, 1)
+                     for c, _ in found]
+        if selector_scores is None:
+            ranked = [Ranked(c, source, g) for (c, source), g in zip(found, generator)]
+        else:
+            ranks = combine(generator, selector_scores, self.selector_weight)
+            ranked = [Ranked(c, source, float(r), float(sel))
+                      for (c, source), r, sel in zip(found, ranks, selector_scores)]
         return sorted(ranked, key=lambda r: -r.rank)
 
     def _first_safe(self, ranked: list[Ranked]):
@@ -220,3 +267,30 @@ class Chatbot:
             if tokens and not self.safety.blocks(tokens, text):
                 return r, tokens, text
         return None
+
+
+RETRIEVE_POOL = 4  # the selector's nearest replies looked at, per candidate wanted
+
+
+def _turns(context: np.ndarray) -> list[tuple[int, ...]]:
+    """The turns of a context window (word ids between <sep>s)."""
+    turns, turn = [], []
+    for w in np.asarray(context).tolist():
+        if w == SEP_ID:
+            turns.append(tuple(turn))
+            turn = []
+        elif w != PAD_ID:
+            turn.append(w)
+    return turns + [tuple(turn)]
+
+
+def _ngrams(ids: Sequence[int], n: int) -> set:
+    return {tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)} if n else set()
+
+
+def _obeys_ngram_rules(ids: Sequence[int], no_repeat: int, block_context: int, context_grams: set) -> bool:
+    """Generation's rules, for a reply found elsewhere: no n-gram twice in it (`no_repeat`), and none
+    of the context's n-grams (`block_context`)."""
+    if no_repeat and len(_ngrams(ids, no_repeat)) < len(ids) - no_repeat + 1:
+        return False
+    return not (block_context and _ngrams(ids, block_context) & context_grams)

@@ -85,6 +85,33 @@ class TrainConfig:
         return max(1.0, self.minutes / 10)
 
 
+SELECTOR_ENCODERS = ("bow", "lstm", "none")
+
+
+@dataclass(frozen=True)
+class SelectorConfig:
+    """The reply selector (ergo/selector.py): a dual encoder trained beside the seq2seq, in the bundle.
+
+    `bow` towers average word vectors (the context's last turn apart from the whole) under a small MLP;
+    `lstm` towers read the words in order. On this project's 2-core CPU, bow ranked true replies as well
+    after one minute as lstm after four (docs/BENCHMARKS.md, "Reply selector"); `none` trains no selector
+    (retrieval then finds replies by similar contexts, as bundles before the selector did)."""
+
+    encoder: str = "bow"
+    hidden: int = 512               # the MLP's width (bow) or the LSTM's units (lstm)
+    dim: int = 256                  # the vectors a context and a reply are compared by
+    batch_size: int = 256           # each context is ranked against the batch's replies
+    learning_rate: float = 2e-3
+    epochs: int = 8                 # at most this many passes over the training pairs
+    share: float = 0.1              # under a --minutes budget: the share of it the selector trains for
+
+    def __post_init__(self):
+        if self.encoder not in SELECTOR_ENCODERS:
+            raise ErgoError(f"unknown selector {self.encoder!r}; choose one of: {', '.join(SELECTOR_ENCODERS)}")
+        _check(self, at_least_1=("hidden", "dim", "batch_size", "epochs"), positive=("learning_rate",),
+               fractions=("share",))
+
+
 def _check(settings, at_least_1=(), at_least_0=(), positive=(), fractions=()) -> None:
     """A clear ErgoError for a value that would only fail later, deep in training, as a traceback."""
     rules = [(at_least_1, lambda v: v >= 1, "at least 1"), (at_least_0, lambda v: v >= 0, "0 or more"),
@@ -101,6 +128,7 @@ class Preset:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
 
 
 PRESETS: dict[str, Preset] = {
@@ -110,6 +138,7 @@ PRESETS: dict[str, Preset] = {
                    w2v_epochs=2),
         ModelConfig(hidden=32, layers=2, dropout=0.1),
         TrainConfig(epochs=2, batch_size=16, patience=2, log_every=5),
+        SelectorConfig(hidden=32, dim=32, batch_size=32, epochs=3),
     ),
     # For a 2-core CPU: a good bot of the default corpus in minutes (`--minutes 9`). Embeddings as wide
     # as the LSTM: 256-d word2vec learned 5 % more per step than 128-d, at the same speed. Sampled

@@ -2,12 +2,15 @@
 
 - perplexity of the split (exact softmax, as in training);
 - recall@1/2/5 of 10: the true reply against 9 random replies of the same split, ranked by
-  log p(reply | context), by its mean per word, and by the chatbot's MMI ranking;
+  log p(reply | context), by its mean per word, by the chatbot's MMI ranking, and with a reply selector
+  in the bundle by the selector and by its mix with the MMI ranking (the ranking of retrieve and hybrid);
+  `default_ranking` names the one the default mode ranks with;
 - for each decoding mode: distinct-1/2 (distinct n-grams over all n-grams of the generated replies,
   Li et al. 2016), BLEU-4 against the references (nltk, smoothing method 1), the generic-reply rate
   (share of replies among the 10 most frequent replies of the training split), average length and
   time per reply; the references' own figures beside them;
-- sample replies to a fixed list of prompts, for each mode.
+- sample replies to a fixed list of prompts, for each mode;
+- `best_mode`: the mode the README's rule picks (see `best_mode`).
 Random choices are seeded, so a report is reproducible.
 """
 from __future__ import annotations
@@ -29,7 +32,10 @@ from .decoding import EMPTY_CONTEXT
 from .errors import ErgoError
 from .files import atomic_write_text
 from .model import perplexity
+from .ranking import CANDIDATES, RECALL_AT, choose_weight, combine, recall as recall_of, recall_rows
+from .ranking import save as save_ranking
 from .retrieval import INDEX_FILE, build_index, vocab_digest
+from .selector import has_selector, pool_scores
 from .text import detokenize
 
 PROMPTS = ("hi! how are you?", "what do you do for a living?", "where are you from?", "do you have any pets?",
@@ -45,8 +51,6 @@ MODES = {
     "retrieve": dict(mode="retrieve"),
     "hybrid": dict(mode="hybrid"),
 }
-RECALL_AT = (1, 2, 5)
-CANDIDATES = 10
 SCORE_BATCH = 200
 
 
@@ -70,30 +74,48 @@ def _score_all(bot: Chatbot, contexts: list, replies: list) -> np.ndarray:
                            for i in range(0, len(replies), SCORE_BATCH)]) if replies else np.zeros(0)
 
 
-def recall_at_k(bot: Chatbot, split: dict, n: int, mmi: float, rng: np.random.Generator) -> dict:
-    """Recall@k of 10 over n random pairs, scored three ways: log p(r|c); its mean per word; and the
-    chatbot's MMI ranking, the mean per word minus mmi * the anti-LM's mean (ergo/chatbot.py)."""
-    pool = rng.choice(len(split["reply"]), size=min(n, len(split["reply"])), replace=False)
+def ranking_scores(bot: Chatbot, split: dict, n: int, rng: np.random.Generator) -> dict:
+    """Scores [n, 10] of each ranking for n random pairs of the split, the true reply first
+    (ergo/ranking.py's recall rows): log p(r|c); its mean per word; the generator's MMI score, the mean
+    per word minus mmi * the anti-LM's mean (ergo/chatbot.py); with a selector in the bundle, the
+    selector's score and its mix with the MMI score by the bundle's weight."""
+    pool, rows = recall_rows(split["reply"], n, rng)
     replies = [split["reply"][i] for i in pool]
-    if len({tuple(r) for r in replies}) < CANDIDATES:
-        raise ErgoError(f"recall@k needs {CANDIDATES} different replies in the split; it has fewer")
-    rows, contexts, options = [], [], []
-    for a, i in enumerate(pool):
-        others = [b for b in rng.permutation(len(pool)) if tuple(replies[b]) != tuple(replies[a])][:CANDIDATES - 1]
-        rows.append([a] + others)
-        contexts += [split["context"][i]] * CANDIDATES
-        options += [replies[b] for b in rows[-1]]
-    rows = np.array(rows)
-    given = _score_all(bot, contexts, options).reshape(rows.shape)
+    contexts = [split["context"][i] for i in pool]
+    given = _score_all(bot, [c for c in contexts for _ in range(CANDIDATES)], [replies[b] for row in rows for b in row])
+    given = given.reshape(rows.shape)
     tokens = np.array([len(r) + 1 for r in replies], dtype=np.float64)  # + <eos>
     per_word = given / tokens[rows]
     anti = (_score_all(bot, [EMPTY_CONTEXT] * len(replies), replies) / tokens)[rows]
-    out = {}
-    for name, scores in (("log p(r|c)", given), ("log p(r|c) per word", per_word),
-                         (f"MMI: per word - {mmi:g} anti-LM", per_word - mmi * anti)):
-        beaten_by = (scores[:, 1:] > scores[:, :1]).sum(axis=1)
-        out[name] = {f"R@{k}": float(np.mean(beaten_by < k)) for k in RECALL_AT}
+    mmi = SETTINGS["mmi"][1]
+    out = {"log p(r|c)": given, "log p(r|c) per word": per_word, MMI_KEY: per_word - mmi * anti}
+    if bot.selector is not None:
+        out[SELECTOR_KEY] = pool_scores(bot.selector.model, contexts, replies, rows)
+        out[COMBINED_KEY] = combine(out[MMI_KEY], out[SELECTOR_KEY], bot.selector_weight)
     return out
+
+
+MMI_KEY = f"MMI: per word - {SETTINGS['mmi'][1]:g} anti-LM"
+SELECTOR_KEY = "selector"
+COMBINED_KEY = "selector + MMI, the bundle's weight"
+TUNE_PAIRS = 300  # validation pairs the selector's weight is chosen on
+
+
+def tune_ranking(bundle_dir: Path, data: PreparedData, pairs: int = TUNE_PAIRS, log: Callable = print) -> dict:
+    """Choose the weight of the selector in the ranking of retrieve and hybrid on the validation split,
+    and record it in the bundle's ranking.json (ergo/ranking.py)."""
+    started = time.perf_counter()
+    bot = Chatbot(Bundle.load(bundle_dir), xla=False)
+    if bot.selector is None:
+        raise ErgoError(f"{bundle_dir} has no reply selector: add one with `python main.py --train-selector`")
+    scores = ranking_scores(bot, data.split("valid"), pairs, np.random.default_rng(0))
+    weight, tried = choose_weight(scores[MMI_KEY], scores[SELECTOR_KEY])
+    ranking = save_ranking(bundle_dir, weight, tried, len(scores[MMI_KEY]), SETTINGS["mmi"][1],
+                           SETTINGS["length_penalty"][1])
+    log(f"ranking: selector weight {weight:g} (validation recall@1 of 10: {tried[weight]['R@1']:.3f}; selector "
+        f"alone {tried[1.0]['R@1']:.3f}, generator alone {tried[0.0]['R@1']:.3f}; "
+        f"{time.perf_counter() - started:.0f} s)")
+    return ranking
 
 
 def evaluate(bundle_dir: Path, data_dir: Path, split: str = "test", *, rank_pairs: int = 500,
@@ -105,7 +127,7 @@ def evaluate(bundle_dir: Path, data_dir: Path, split: str = "test", *, rank_pair
     bundle = Bundle.load(bundle_dir)
     if vocab_digest(data.vocab()) != vocab_digest(bundle.vocab):
         raise ErgoError(f"{data.path} was not the data {bundle_dir} was trained on (the vocabularies differ)")
-    if not (bundle_dir / INDEX_FILE).is_file():
+    if not (bundle_dir / INDEX_FILE).is_file() and not has_selector(bundle_dir):
         log(f"building the retrieval index {bundle_dir / INDEX_FILE}")
         build_index(data, bundle_dir)
     bot = Chatbot(bundle)
@@ -117,9 +139,8 @@ def evaluate(bundle_dir: Path, data_dir: Path, split: str = "test", *, rank_pair
 
     log(f"perplexity on {len(pairs['reply']):,} {split} pairs")
     ppl = perplexity(bot.model, BatchIterator(pairs, 64, seed=seed))
-    mmi = SETTINGS["mmi"][1]
     log(f"recall@k of {CANDIDATES} on {min(rank_pairs, len(pairs['reply']))} pairs")
-    recall = recall_at_k(bot, pairs, rank_pairs, mmi, rng)
+    recall = {name: recall_of(scores) for name, scores in ranking_scores(bot, pairs, rank_pairs, rng).items()}
 
     generic_counts = Counter(tuple(vocab.decode(r)) for r in train["reply"]).most_common(10)
     generic = {g for g, _ in generic_counts}
@@ -140,11 +161,14 @@ def evaluate(bundle_dir: Path, data_dir: Path, split: str = "test", *, rank_pair
             samples[prompt][name] = bot.reply([prompt], **settings, **_seeded(settings, n)).text
 
     defaults = {k: spec[1] for k, spec in SETTINGS.items()}
+    rankings = {name: _ranking_of({**defaults, **s}, bot) for name, s in MODES.items()}
+    default = next((name for name, s in MODES.items() if all(defaults[k] == v for k, v in s.items())), None)
     report = {
         "bundle": str(bundle_dir), "data": str(data.path), "split": split, "corpus": data.manifest["corpus"]["name"],
         "pairs": len(pairs["reply"]), "perplexity": ppl, "recall_pairs": min(rank_pairs, len(pairs["reply"])),
         "recall": recall, "generated_pairs": len(chosen), "generation": generation,
-        "default": next((name for name, s in MODES.items() if all(defaults[k] == v for k, v in s.items())), None),
+        "default": default, "default_ranking": rankings.get(default), "rankings": rankings,
+        "best_mode": best_mode(generation, recall, rankings),
         "modes": {name: {**defaults, **s} for name, s in MODES.items()},
         "generic_replies": [detokenize(list(g)) for g, _ in generic_counts],
         "samples": samples, "seconds": round(time.perf_counter() - started, 1),
@@ -154,6 +178,25 @@ def evaluate(bundle_dir: Path, data_dir: Path, split: str = "test", *, rank_pair
     return report
 
 
+GENERIC_LIMIT = 0.10  # the default mode's rule: a generic-reply rate at most this
+
+
+def _ranking_of(settings: dict, bot: Chatbot) -> str:
+    """The key of the `recall` entry that ranks a mode's candidates (ergo/chatbot.py's _rank)."""
+    if settings["mode"] != "generate" and bot.selector is not None:
+        return COMBINED_KEY
+    if settings["mmi"] > 0:
+        return MMI_KEY
+    return "log p(r|c) per word" if settings["length_penalty"] == 1 else "log p(r|c)"
+
+
+def best_mode(generation: dict, recall: dict, rankings: dict) -> str | None:
+    """The rule the default mode is chosen by (README, "Replies"): the highest recall@1 of its ranking
+    among the modes whose generic-reply rate is at most GENERIC_LIMIT; ties go to the higher distinct-2."""
+    fit = [m for m in rankings if m in generation and generation[m]["generic_rate"] <= GENERIC_LIMIT]
+    return max(fit, key=lambda m: (recall[rankings[m]]["R@1"], generation[m]["distinct_2"]), default=None)
+
+
 def _seeded(settings: dict, n: int) -> dict:
     """A fixed seed per reply for the sample decoder, so the report is reproducible."""
     return {"seed": n} if settings.get("decoder") == "sample" else {}
@@ -161,10 +204,10 @@ def _seeded(settings: dict, n: int) -> dict:
 
 def headline(report: dict) -> str:
     """The report in a few lines, for the terminal."""
-    first = next(iter(report["recall"].values()))
+    ranking = report["default_ranking"] or next(iter(report["recall"]))
     gen = report["generation"]
     lines = [f"{report['split']} perplexity {report['perplexity']:.2f}; recall@1/2/5 of 10 "
-             + "/".join(f"{v:.3f}" for v in first.values()) + " by log p(r|c)"]
+             + "/".join(f"{v:.3f}" for v in report["recall"][ranking].values()) + f" by {ranking}"]
     for name in MODES:
         if name in gen:
             g = gen[name]
@@ -178,13 +221,14 @@ def markdown(report: dict) -> str:
     gen = report["generation"]
     lines = [f"# Evaluation of {report['bundle']}", "",
              f"{report['corpus']} corpus, {report['split']} split ({report['pairs']:,} pairs); "
-             f"default mode: **{report['default']}**.", "",
+             f"default mode: **{report['default']}**; the rule's pick (highest recall@1 of its ranking "
+             f"among modes with a generic rate of at most {GENERIC_LIMIT:.0%}): **{report['best_mode']}**.", "",
              f"- **perplexity**: {report['perplexity']:.2f}", "",
              f"## Ranking: recall@k of {CANDIDATES} ({report['recall_pairs']} pairs, 9 random distractors each)", "",
              "| scored by | " + " | ".join(f"R@{k}" for k in RECALL_AT) + " |",
              "| --- |" + " --- |" * len(RECALL_AT)]
-    lines += [f"| {name} | " + " | ".join(f"{v:.3f}" for v in r.values()) + " |"
-              for name, r in report["recall"].items()]
+    lines += [f"| {name}{' (default)' if name == report['default_ranking'] else ''} | "
+              + " | ".join(f"{v:.3f}" for v in r.values()) + " |" for name, r in report["recall"].items()]
     lines += ["", f"## Generated replies ({report['generated_pairs']} contexts)", "",
               "| mode | distinct-1 | distinct-2 | BLEU | generic rate | avg length | p50 seconds |",
               "| --- | --- | --- | --- | --- | --- | --- |"]

@@ -73,7 +73,7 @@ def build_index(data: PreparedData, bundle_dir: Path) -> Path:
     return path
 
 
-def _fixed_point(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fixed_point(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(int16 rows, float32 scale of each row): the index as a search keeps it, in half of float32's memory
     (51 MB, not 102, for 100k contexts of 256 dims). Each row's largest component spans the int16 range,
     so rounding adds at most 1/65534 of it to the file's float16 rounding (1/2048 of each component).
@@ -111,7 +111,7 @@ class RetrievalIndex:
     def __init__(self, vectors: np.ndarray, word_vectors: np.ndarray, word_weight: np.ndarray,
                  reply_ids: np.ndarray, reply_offsets: np.ndarray, xla: bool = False):
         """`xla`: see `row_products`."""
-        rows, self.row_scale = _fixed_point(vectors)
+        rows, self.row_scale = fixed_point(vectors)
         self._products = row_products(rows, xla)
         self.word_vectors, self.word_weight = word_vectors, word_weight
         self.reply_ids, self.reply_offsets = reply_ids, reply_offsets

@@ -6,11 +6,15 @@ A run folder (checkpoints/<corpus>-<preset>/ by default) holds one run and never
     run.json       what the weights depend on (model settings, the data's key, sizes); checked on resume
     latest/        weights, optimizer state and position (epoch, batch, minutes) to resume from; saved at
                    every validation and when Ctrl-C stops training
-    best/          the bundle with the best validation perplexity (ergo/bundle.py)
+    best/          the bundle with the best validation perplexity (ergo/bundle.py), with the reply selector
+    selector/      the reply selector (ergo/selector.py), trained first (it depends on the data alone)
     metrics.csv    one row a validation (each epoch's end, and within epochs every `validate_every`
                    minutes): perplexities, learning rate, tokens/s, minutes
     steps.csv      the training loss every `log_every` steps
     curves.png     the curves, redrawn at every validation;  logs/  TensorBoard (TensorFlow backend)
+
+A budget (`--minutes`) covers the whole run: the selector's share of it, the seq2seq, and at the end
+the choice of the selector's weight in the ranking (ergo/ranking.py), made on the best bundle.
 
 Keras `fit` runs the steps between two validations, so tf.distribute strategies (TensorFlow backend)
 and XLA come from Keras itself; this module feeds it length-bucketed batches, keeps the clock and
@@ -31,14 +35,16 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
-from .batching import BatchIterator, make_batch
+from .batching import BatchIterator, as_keras_data, make_batch
 from .bundle import save_bundle
-from .config import ModelConfig, TrainConfig, to_dict
+from .config import ModelConfig, SelectorConfig, TrainConfig, to_dict
 from .dataset import PreparedData
 from .errors import ErgoError
 from .files import atomic_dir, atomic_path, atomic_write_text
 from .model import build_seq2seq, compile_for_training, perplexity
+from .ranking import RANKING_FILE
 from .retrieval import INDEX_FILE, build_index
+from .selector import FOLDER as SELECTOR, has_selector, train_selector
 
 
 @dataclass
@@ -143,18 +149,6 @@ class _EpochBatches(keras.utils.PyDataset):
         return (enc, dec_in), target
 
 
-def as_keras_data(batches: keras.utils.PyDataset):
-    """On TensorFlow a tf.data pipeline with open widths (a PyDataset would pin them to the widths
-    of its first two batches); other backends take the PyDataset as it is."""
-    if keras.backend.backend() != "tensorflow":
-        return batches
-    import tensorflow as tf
-    spec = tf.TensorSpec([None, None], tf.int32)
-    data = tf.data.Dataset.from_generator(lambda: (batches[i] for i in range(len(batches))),
-                                          output_signature=((spec, spec), spec))
-    return data.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(2)
-
-
 class _Books(keras.callbacks.Callback):
     """Counts batches and target tokens (for resume and tokens/s) and writes the mean training loss of
     every `log_every` steps.
@@ -212,9 +206,12 @@ class _Clock(keras.callbacks.Callback):
     as its first; this is the schedule of "budgeted training" (Li et al., 2020).
     """
 
-    def __init__(self, state: TrainState, cfg: TrainConfig, bar=None, reserve: float = 0.0):
-        """`reserve`: the expected seconds of a validation and its saves, until one has been timed."""
+    def __init__(self, state: TrainState, cfg: TrainConfig, bar=None, reserve: float = 0.0, tail: float = 0.0):
+        """`reserve`: the expected seconds of a validation and its saves, until one has been timed;
+        `tail`: the seconds of the work after the last one (the ranking's choice), as a share of a
+        validation's scoring."""
         super().__init__()
+        self.tail = tail
         self.state, self.cfg, self.bar = state, cfg, bar
         self.budget = cfg.minutes * 60.0
         self.scheduled = bool(self.budget) and (cfg.warmup > 0 or cfg.final_lr < 1)
@@ -230,7 +227,7 @@ class _Clock(keras.callbacks.Callback):
         """A validation (and its saves) just ended after `seconds`, `scoring` of them spent on the
         validation split. Unless the user chose the interval, it stretches so that scoring takes at most
         MAX_VALIDATION_SHARE of the time: a big corpus's validation split would otherwise eat the budget."""
-        self.reserve = seconds
+        self.reserve = seconds + self.tail * scoring
         every = self.every if self.cfg.validate_every else max(self.every, scoring / MAX_VALIDATION_SHARE)
         self.next_validation = self.elapsed() + every if every else math.inf
 
@@ -338,11 +335,13 @@ def _distribution_scope():
 
 
 def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, model_dir: Path, *,
-          resume: bool = False, progress: bool = True, init_embeddings: bool = True, callbacks: tuple = (),
-          strategy_scope=None, log=print) -> TrainState:
+          selector_cfg: SelectorConfig | None = None, resume: bool = False, progress: bool = True,
+          init_embeddings: bool = True, callbacks: tuple = (), strategy_scope=None, log=print) -> TrainState:
     """Train until `train_cfg.epochs`, early stopping, or the end of the budget (`train_cfg.minutes`);
     returns the final state.
 
+    `selector_cfg`: train a reply selector first (once a run), and choose its weight in the ranking at
+    the end; None (or encoder "none"): no selector, and best/ gets the older retrieval index instead.
     `init_embeddings`: start the embeddings from the word2vec matrix (False: at random, to compare).
     `strategy_scope`: a tf.distribute scope to build the model in (default: picked from the devices).
     """
@@ -378,6 +377,11 @@ def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, mo
         log(f"this run has ended ({'early stop' if state.stopped_early else f'{state.epoch} epochs'}): "
             f"nothing to train" + ("" if state.stopped_early else "; pass a larger --epochs to train on"))
         return state
+    if selector_cfg is not None and selector_cfg.encoder != "none" and not has_selector(run.path):
+        started = time.perf_counter()
+        train_selector(data, selector_cfg, run.file(SELECTOR), minutes=train_cfg.minutes * selector_cfg.share,
+                       progress=progress, log=log)
+        state.elapsed += time.perf_counter() - started  # the budget counts it
     model.optimizer.learning_rate.assign(state.learning_rate)
     writer = _TensorBoard.create(run.file("logs"))
     reply_tokens = np.array([len(r) + 1 for r in train_split["reply"]])  # + <eos>: the target tokens
@@ -392,7 +396,9 @@ def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, mo
     bar = (tqdm(total=round(budget), initial=min(round(state.elapsed), round(budget)), unit="s", desc="train",
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s [{postfix}]", mininterval=1.0)
            if budget and progress else None)
-    clock = _Clock(state, train_cfg, bar, reserve=_validation_seconds(model, valid_batches) if budget else 0.0)
+    tail = _ranking_share(len(valid_split["reply"])) if has_selector(run.path) else 0.0
+    reserve = _validation_seconds(model, valid_batches) * (1.0 + tail) if budget else 0.0
+    clock = _Clock(state, train_cfg, bar, reserve=reserve, tail=tail)
     fit_seconds = 0.0
     say = (lambda m: bar.write(m)) if bar is not None else log  # lines above the bar, not through it
     validate = functools.partial(_validate, run, model, state, train_cfg, data, vocab, valid_batches, books,
@@ -428,7 +434,42 @@ def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, mo
     finally:
         if bar is not None:
             bar.close()
+    if has_selector(run.file("best")):
+        from .evaluation import tune_ranking
+        tune_ranking(run.file("best"), data, log=log)
     return state
+
+
+def add_selector(bundle_dir: Path, data_dir: Path, cfg: SelectorConfig, *, minutes: float = 0.0,
+                 progress: bool = True, log=print) -> None:
+    """Train a reply selector for an existing bundle (replacing any it has; `minutes` 0: its epochs), then
+    choose its weight in the ranking. A run's best/ gets it through the run folder's selector/, so that
+    the run's later bests carry it too."""
+    from .bundle import Bundle, link
+    from .evaluation import tune_ranking
+    from .retrieval import vocab_digest
+    bundle_dir = Path(bundle_dir)
+    bundle, data = Bundle.load(bundle_dir), PreparedData.open(Path(data_dir))
+    if vocab_digest(data.vocab()) != vocab_digest(bundle.vocab):
+        raise ErgoError(f"{data.path} was not the data {bundle_dir} was trained on (the vocabularies differ)")
+    if cfg.encoder == "none":
+        raise ErgoError("--selector none trains no selector; choose bow or lstm")
+    run_dir = bundle_dir.parent if bundle_dir.name == "best" and (bundle_dir.parent / "run.json").is_file() else None
+    trained = (run_dir or bundle_dir) / SELECTOR
+    train_selector(data, cfg, trained, minutes=minutes, progress=progress, log=log)
+    if run_dir is not None:
+        with atomic_dir(bundle_dir / SELECTOR) as tmp:
+            for file in trained.iterdir():
+                link(file, tmp / file.name)
+    tune_ranking(bundle_dir, data, log=log)
+
+
+def _ranking_share(valid_pairs: int) -> float:
+    """The ranking's choice at a run's end as a share of a validation's scoring: it scores each of its
+    pairs' 10 candidates and the anti-LM's one, where a validation scores each pair once."""
+    from .evaluation import TUNE_PAIRS
+    from .ranking import CANDIDATES
+    return min(TUNE_PAIRS, valid_pairs) * (CANDIDATES + 1) / max(valid_pairs, 1)
 
 
 VALID_BATCH = 256  # validation has no gradients to hold: wide batches, few calls
@@ -502,11 +543,15 @@ def _validate(run, model, state, train_cfg, data, vocab, valid_batches, books, c
 
 
 def _save_best(run: RunFolder, model, data: PreparedData, vocab, card: dict) -> None:
-    """best/ as a bundle. Its retrieval index depends on the data alone (the same for the whole run),
-    so it is built with the first best/ and carried into every later one."""
+    """best/ as a bundle, with the run's reply selector (trained once, from the data alone) and the
+    previous best's ranking weight until the run's end chooses it again. A run without a selector gets
+    the older retrieval index instead: it too depends on the data alone, so it is built with the first
+    best/ and carried into every later one."""
     best = run.file("best")
-    index = best / INDEX_FILE
-    carried = [index] if index.is_file() else []
+    if has_selector(run.path):
+        carried = [run.file(SELECTOR)] + [f for f in (best / RANKING_FILE,) if f.is_file()]
+    else:
+        carried = [f for f in (best / INDEX_FILE,) if f.is_file()]
     save_bundle(best, model, data.data_config, model.cfg, vocab, card, carry=carried)
     if not carried:
         build_index(data, best)

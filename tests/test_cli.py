@@ -10,9 +10,9 @@ from fixtures import synthetic_conversations, write_text_corpus
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args, cwd):
+def run(*args, cwd, input=None):
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, input=input)
 
 
 def test_preprocess_prints_where_it_wrote_what(tmp_path):
@@ -56,6 +56,22 @@ def test_train_for_minutes_on_a_prepared_data_folder(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "prepared/ up to date, reused" in r.stdout and "0.25-minute budget is spent" in r.stdout
     assert "best model: checkpoints/talk-tiny/best/" in r.stdout
+    best = tmp_path / "checkpoints" / "talk-tiny" / "best"
+    assert (best / "selector" / "config.json").is_file() and (best / "ranking.json").is_file()
     r = run("--train", "--data-dir", "prepared", "--preset", "tiny", "--minutes", "0.25", "--resume", "--quiet",
             cwd=tmp_path)
     assert r.returncode == 0 and "has used its 0.25 minutes" in r.stdout, r.stderr
+
+
+def test_train_selector_replaces_a_runs_selector_in_its_best_bundle(tmp_path):
+    corpus = write_text_corpus(tmp_path / "talk.txt", synthetic_conversations(60))
+    assert run("--train", "--corpus", str(corpus), "--preset", "tiny", "--epochs", "1", "--selector", "none",
+               "--quiet", cwd=tmp_path).returncode == 0
+    best = tmp_path / "checkpoints" / "talk-tiny" / "best"
+    assert not (best / "selector").exists() and (best / "retrieval.npz").is_file()
+    r = run("--train-selector", "--corpus", str(corpus), "--preset", "tiny", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "reply selector added to checkpoints/talk-tiny/best/" in r.stdout and "ranking: selector weight" in r.stdout
+    assert (best / "selector" / "config.json").is_file() and (best.parent / "selector" / "config.json").is_file()
+    r = run("--chat", "--corpus", str(corpus), "--preset", "tiny", "--quiet", cwd=tmp_path, input="hi!\n")
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr

@@ -7,7 +7,8 @@ import pytest
 
 from ergo.chatbot import SETTINGS
 from ergo.errors import ErgoError
-from ergo.evaluation import MODES, PROMPTS, RECALL_AT, distinct, evaluate, headline, recall_at_k
+from ergo.evaluation import MODES, PROMPTS, RECALL_AT, distinct, evaluate, headline, ranking_scores
+from ergo.ranking import recall
 from ergo.retrieval import INDEX_FILE
 from reply_bundle import reply_bundle
 
@@ -23,6 +24,8 @@ class Oracle:
     """A model that knows the answer (reply [i, 6] belongs to context [i, 7]) and finds every reply
     as likely as any other without a context."""
 
+    selector = None
+
     def __init__(self, favour_true: bool):
         self.decoder = self
         self.sign = 1.0 if favour_true else -1.0
@@ -34,8 +37,8 @@ class Oracle:
 def test_recall_at_k_ranks_the_true_reply_among_ten():
     split = {"context": [np.array([i, 7], np.int32) for i in range(5, 45)],
              "reply": [np.array([i, 6], np.int32) for i in range(5, 45)]}
-    right = recall_at_k(Oracle(True), split, 30, 0.5, np.random.default_rng(0))
-    wrong = recall_at_k(Oracle(False), split, 30, 0.5, np.random.default_rng(0))
+    right = {k: recall(s) for k, s in ranking_scores(Oracle(True), split, 30, np.random.default_rng(0)).items()}
+    wrong = {k: recall(s) for k, s in ranking_scores(Oracle(False), split, 30, np.random.default_rng(0)).items()}
     assert all(v == 1.0 for r in right.values() for v in r.values())
     assert all(r == {"R@1": 0.0, "R@2": 0.0, "R@5": 0.0} for r in wrong.values()) and len(wrong) == 3
 
@@ -60,6 +63,7 @@ def test_report_has_every_metric_for_every_mode(tiny_bundle, tmp_path_factory, t
         if name != "reference":
             assert 0 <= g["bleu"] <= 1 and g["seconds_p50"] > 0
     assert report["default"] == SETTINGS["mode"][1] and len(report["generic_replies"]) == 10
+    assert report["default_ranking"] == "MMI: per word - 1 anti-LM"  # no selector: retrieve ranks by MMI
     assert list(report["samples"]) == list(PROMPTS)
     assert all(set(by_mode) == set(MODES) and all(by_mode.values()) for by_mode in report["samples"].values())
     md = (bundle / "report.md").read_text()

@@ -5,7 +5,7 @@ import functools
 
 import numpy as np
 
-from ergo.retrieval import (SEARCH_BLOCK, RetrievalIndex, _fixed_point, _sentence_vectors, block_products,
+from ergo.retrieval import (SEARCH_BLOCK, RetrievalIndex, fixed_point, _sentence_vectors, block_products,
                             row_products)
 
 
@@ -25,7 +25,7 @@ def random_index(rows: int, dim: int = 64, words: int = 50, seed: int = 0):
 
 def test_the_index_holds_int16_rows_at_half_the_memory_of_float32():
     _, exact = random_index(3000)
-    rows, scale = _fixed_point(exact.astype(np.float16))
+    rows, scale = fixed_point(exact.astype(np.float16))
     assert rows.dtype == np.int16 and rows.shape == exact.shape
     assert rows.nbytes + scale.nbytes < exact.nbytes * 0.55
     assert np.abs(rows.astype(np.float32) * scale[:, None] - exact).max() < 1e-5

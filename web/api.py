@@ -15,7 +15,7 @@ import threading
 
 from flask import Blueprint, abort, jsonify, request, session
 
-from ergo.chatbot import SETTINGS, check_settings
+from ergo.chatbot import AVOID_TURNS, SETTINGS, check_settings
 from ergo.errors import ErgoError
 
 from . import metrics
@@ -125,8 +125,9 @@ def api_blueprint(bot, store: ConversationStore, config: WebConfig, limit) -> Bl
         cid = conversation_id()
         degraded, turn = False, None
         try:
-            # the window's turns and as many spare, should some have no words (Chatbot.context skips them)
-            context = [t["text"] for t in store.turns(cid, last=2 * bot.bundle.data_config.context_turns)]
+            # the turns a reply may not repeat (they hold the context window, and spare turns should some
+            # have no words: Chatbot.context skips them)
+            context = [t["text"] for t in store.turns(cid, last=max(AVOID_TURNS, 2 * bot.bundle.data_config.context_turns))]
         except StoreUnavailable as e:
             store_failed(e)
             context, degraded = [], True
