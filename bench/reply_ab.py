@@ -6,7 +6,8 @@ their replies alternating, so that a machine whose speed drifts (other tenants) 
         [--no-xla]
 
 The other checkout's `ergo` package is imported as `ergo_before`; both load the same random bundle of
-`bench/reply_latency.py`. Prints, per mode, how many replies are the same text, each side's p50/p99 in
+`bench/reply_latency.py`, which holds a reply selector and the older context index (code from before
+the selector retrieves by the index). Prints, per mode, how many replies are the same text, each side's p50/p99 in
 ms, and the ratio of the p50s (below 1: this checkout is faster).
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ def main() -> None:
 
     Before = import_before(args.before.resolve())
     with tempfile.TemporaryDirectory() as tmp:
-        vocab = random_bundle(args.preset, Path(tmp) / "bundle")
+        vocab = random_bundle(args.preset, Path(tmp) / "bundle", context_index=True)  # each side retrieves its way
         xla = not args.no_xla
         bots = {"before": Before.load(Path(tmp) / "bundle", xla=xla), "this": Chatbot.load(Path(tmp) / "bundle", xla=xla)}
         rng = np.random.default_rng(1)

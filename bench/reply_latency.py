@@ -5,7 +5,7 @@ reply's time ("first ms": tracing, and XLA compiling the searches) is printed be
 
 Timing needs no training: the bundle has a preset's shape with random weights, and its reply selector
 (the preset's, `--selector none`: the older context index instead) indexes 100,000 random training
-replies (about the size of the default corpus). Random weights
+replies of 10 words (about the size of the default corpus, and its mean reply length). Random weights
 almost never emit <eos>, so every reply runs the full max_len steps: the worst case. Each history
 is two turns of 12 random words (a context of about 25 tokens).
 
@@ -37,19 +37,24 @@ MODES = {
     "hybrid": dict(mode="hybrid", decoder="beam", beam_size=5, mmi=1.0, candidates=10),
 }
 INDEX_PAIRS = 100_000
+# Every indexed reply has this many words: a retrieved reply's cost is mostly its rescoring, which grows with
+# its length, and which replies random weights retrieve (long or short) says nothing about a trained bundle.
+REPLY_WORDS = 10
 
 
-def random_bundle(preset_name: str, folder: Path, seed: int = 0, selector: str | None = None):
+def random_bundle(preset_name: str, folder: Path, seed: int = 0, selector: str | None = None,
+                  context_index: bool = False):
     """A bundle of the preset's shape with random weights and a random reply selector (`selector`: its
-    towers, default the preset's; "none": a random context index instead)."""
+    towers, default the preset's; "none": a random context index instead). `context_index`: the older
+    index too (which code from before the selector reads)."""
     import keras
     import numpy as np
 
     from ergo.bundle import save_bundle
     from ergo.config import get_preset, override
-    from ergo.selector import FOLDER, build_selector, save_selector
     from ergo.model import build_seq2seq
     from ergo.retrieval import build_index
+    from ergo.selector import FOLDER, build_selector, save_selector
     from ergo.vocab import SPECIALS, Vocab
 
     preset = get_preset(preset_name)
@@ -61,13 +66,12 @@ def random_bundle(preset_name: str, folder: Path, seed: int = 0, selector: str |
     n_words = len(vocab)
     split = {"context": [rng.integers(len(SPECIALS), n_words, rng.integers(5, preset.data.max_context_len),
                                       dtype=np.int32) for _ in range(INDEX_PAIRS)],
-             "reply": [rng.integers(len(SPECIALS), n_words, rng.integers(1, preset.data.max_reply_len),
-                                    dtype=np.int32) for _ in range(INDEX_PAIRS)]}
+             "reply": [rng.integers(len(SPECIALS), n_words, REPLY_WORDS, dtype=np.int32) for _ in range(INDEX_PAIRS)]}
     cfg = override(preset.selector, encoder=selector)
-    if cfg.encoder == "none":
+    if cfg.encoder == "none" or context_index:
         embeddings = rng.normal(size=(n_words, preset.data.embedding_dim)).astype(np.float32)
         build_index(SimpleNamespace(vocab=lambda: vocab, split=lambda _: split, embeddings=lambda: embeddings), folder)
-    else:
+    if cfg.encoder != "none":
         model = build_selector(cfg, n_words, embedding_dim=preset.data.embedding_dim)
         save_selector(model, vocab, split["reply"], folder / FOLDER, {"note": "random weights, for timing"})
     return vocab

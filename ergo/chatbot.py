@@ -188,7 +188,7 @@ class Chatbot:
         mode, anti = settings["mode"], settings["mmi"] > 0
         selector = self.selector if mode != "generate" else None
         vector = selector.context_vector(context) if selector is not None else None
-        retrieved = self._retrieve(context, settings, avoid, vector) if mode != "generate" else []
+        retrieved, known = self._retrieve(context, settings, avoid, vector) if mode != "generate" else ([], {})
         shortlist = self.decoder.shortlist(context, *(c.ids for c in retrieved))
         if mode != "retrieve" or not retrieved:
             found = self._generate(context, settings, settings["decoder"], shortlist, anti, retrieved)
@@ -196,8 +196,14 @@ class Chatbot:
             found = [(c, "retrieval") for c in self.decoder.rescore(context, retrieved, shortlist=shortlist,
                                                                    anti_lm=anti)]
         found = self._fresh(found, avoid)
-        scores = selector.score(context, [c.ids for c, _ in found], vector) if selector is not None else None
-        return self._rank(found, settings, scores)
+        return self._rank(found, settings, self._selector_scores(context, found, vector, known) if selector else None)
+
+    def _selector_scores(self, context, found: list[tuple[Candidate, str]], vector, known: dict) -> np.ndarray:
+        """The selector's score of every candidate: those `known` from the index's search as they are, the
+        others from its reply tower."""
+        new = [c.ids for c, _ in found if tuple(c.ids) not in known]
+        known.update(zip(map(tuple, new), self.selector.score(context, new, vector).tolist()))
+        return np.array([known[tuple(c.ids)] for c, _ in found])
 
     # -- candidates ------------------------------------------------------------------------------
 
@@ -219,25 +225,27 @@ class Chatbot:
         n = len(found) - len(retrieved)
         return [(c, decoder if i < n else "retrieval") for i, c in enumerate(found)]
 
-    def _retrieve(self, context, s: dict, avoid: set, vector) -> list[Candidate]:
+    def _retrieve(self, context, s: dict, avoid: set, vector) -> tuple[list[Candidate], dict]:
         """Up to `candidates` training replies the decoder could have produced (none with a banned word
         or <unk>, none shorter than min_len; cut to max_len) that obey generation's n-gram rules and
-        repeat no turn in `avoid`, not yet scored: the selector's nearest to the context's `vector`, or
-        without a selector the replies of the nearest contexts."""
+        repeat no turn in `avoid`, not yet scored by the decoder: the selector's nearest to the context's
+        `vector` (and their selector scores, by ids), or without a selector the replies of the nearest
+        contexts."""
         from .decoding import Candidate
         if self.selector is not None:
             found = self.selector.search(vector, RETRIEVE_POOL * s["candidates"])  # room for those refused
         elif self.index is not None:
             found = self.index.search(context, s["candidates"])
         else:
-            return []
+            return [], {}
         banned = set(self.decoder.banned.tolist())
         context_grams = _ngrams(np.asarray(context).tolist(), s["block_context_ngram"])
         kept = [ids for ids, _ in found
                 if len(ids) >= s["min_len"] and not banned.intersection(ids) and tuple(ids) not in avoid
                 and _obeys_ngram_rules(ids[:s["max_len"]], s["no_repeat_ngram"], s["block_context_ngram"],
                                        context_grams)]
-        return [Candidate(ids[:s["max_len"]], 0.0, len(ids) <= s["max_len"]) for ids in kept[:s["candidates"]]]
+        scores = {tuple(ids[:s["max_len"]]): score for ids, score in found} if self.selector is not None else {}
+        return [Candidate(ids[:s["max_len"]], 0.0, len(ids) <= s["max_len"]) for ids in kept[:s["candidates"]]], scores
 
     @staticmethod
     def _fresh(found: list[tuple[Candidate, str]], avoid: set) -> list[tuple[Candidate, str]]:

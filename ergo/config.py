@@ -93,8 +93,8 @@ class SelectorConfig:
     """The reply selector (ergo/selector.py): a dual encoder trained beside the seq2seq, in the bundle.
 
     `bow` towers average word vectors (the context's last turn apart from the whole) under a small MLP;
-    `lstm` towers read the words in order. On this project's 2-core CPU, bow ranked true replies as well
-    after one minute as lstm after four (docs/BENCHMARKS.md, "Reply selector"); `none` trains no selector
+    `lstm` towers read the words in order, at about 10 times bow's cost a pair on a CPU, and ranked true
+    replies no better for the minutes (docs/BENCHMARKS.md, "Reply selector"); `none` trains no selector
     (retrieval then finds replies by similar contexts, as bundles before the selector did)."""
 
     encoder: str = "bow"

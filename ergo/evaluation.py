@@ -10,7 +10,8 @@
   (share of replies among the 10 most frequent replies of the training split), average length and
   time per reply; the references' own figures beside them;
 - sample replies to a fixed list of prompts, for each mode;
-- `best_mode`: the mode the README's rule picks (see `best_mode`).
+- `best_mode`: the mode the README's rule picks (see `best_mode`);
+- for data preprocessed from an Ubuntu v2 corpus, recall@k on its test csv's own 1-in-10 candidates.
 Random choices are seeded, so a report is reproducible.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .ranking import CANDIDATES, RECALL_AT, choose_weight, combine, recall as re
 from .ranking import save as save_ranking
 from .retrieval import INDEX_FILE, build_index, vocab_digest
 from .selector import has_selector, pool_scores
-from .text import detokenize
+from .text import detokenize, tokenize
 
 PROMPTS = ("hi! how are you?", "what do you do for a living?", "where are you from?", "do you have any pets?",
            "what did you do this weekend?", "i'm so tired today.", "what's your favorite movie?",
@@ -75,14 +76,17 @@ def _score_all(bot: Chatbot, contexts: list, replies: list) -> np.ndarray:
 
 
 def ranking_scores(bot: Chatbot, split: dict, n: int, rng: np.random.Generator) -> dict:
-    """Scores [n, 10] of each ranking for n random pairs of the split, the true reply first
-    (ergo/ranking.py's recall rows): log p(r|c); its mean per word; the generator's MMI score, the mean
-    per word minus mmi * the anti-LM's mean (ergo/chatbot.py); with a selector in the bundle, the
-    selector's score and its mix with the MMI score by the bundle's weight."""
+    """Scores [n, 10] of each ranking (see `candidate_scores`) for n random pairs of the split, the true
+    reply first (ergo/ranking.py's recall rows)."""
     pool, rows = recall_rows(split["reply"], n, rng)
-    replies = [split["reply"][i] for i in pool]
-    contexts = [split["context"][i] for i in pool]
-    given = _score_all(bot, [c for c in contexts for _ in range(CANDIDATES)], [replies[b] for row in rows for b in row])
+    return candidate_scores(bot, [split["context"][i] for i in pool], [split["reply"][i] for i in pool], rows)
+
+
+def candidate_scores(bot: Chatbot, contexts: list, replies: list, rows: np.ndarray) -> dict:
+    """Scores [n, 10] of context a against the replies rows[a], by each ranking: log p(r|c); its mean per
+    word; the generator's MMI score, the mean per word minus mmi * the anti-LM's mean (ergo/chatbot.py);
+    with a selector in the bundle, the selector's score and its mix with the MMI score by the bundle's weight."""
+    given = _score_all(bot, [c for c in contexts for _ in range(rows.shape[1])], [replies[b] for row in rows for b in row])
     given = given.reshape(rows.shape)
     tokens = np.array([len(r) + 1 for r in replies], dtype=np.float64)  # + <eos>
     per_word = given / tokens[rows]
@@ -95,20 +99,52 @@ def ranking_scores(bot: Chatbot, split: dict, n: int, rng: np.random.Generator) 
     return out
 
 
+UBUNTU_V2_PAIRS = 2000  # rows of the v2 test csv scored (its 18,920 in full take minutes per ranking)
+
+
+def ubuntu_v2_recall(bot: Chatbot, corpus: dict, limit: int = UBUNTU_V2_PAIRS) -> dict | None:
+    """Recall@1/2/5 of 10 on the Ubuntu v2 test csv's own candidates (Ground Truth Utterance and
+    Distractor_0..8), by each ranking, so that the published figures compare directly; None when the
+    data was not preprocessed from an Ubuntu v2 corpus with such a file."""
+    from .corpora.ubuntu import test_candidates
+    path = Path(corpus.get("path", ""))
+    test = (path.parent if path.suffix.lower() == ".csv" else path) / "test.csv"  # beside a named csv
+    if corpus.get("format") != "ubuntu" or not test.is_file():
+        return None
+    contexts, replies = [], []
+    lowercase, max_len = bot.bundle.data_config.lowercase, bot.bundle.data_config.max_reply_len
+    for turns, candidates in test_candidates(test, limit):
+        ids = [bot.vocab.encode(tokenize(c, lowercase))[:max_len] for c in candidates]
+        if not all(ids) or not any(tokenize(t, lowercase) for t in turns):
+            continue
+        contexts.append(bot.context(turns))
+        replies += ids
+    if not contexts:
+        return None
+    rows = np.arange(len(replies)).reshape(len(contexts), CANDIDATES)
+    scores = candidate_scores(bot, contexts, replies, rows)
+    return {"file": str(test), "pairs": len(contexts), "recall": {k: recall_of(v) for k, v in scores.items()}}
+
+
 MMI_KEY = f"MMI: per word - {SETTINGS['mmi'][1]:g} anti-LM"
 SELECTOR_KEY = "selector"
 COMBINED_KEY = "selector + MMI, the bundle's weight"
 TUNE_PAIRS = 300  # validation pairs the selector's weight is chosen on
 
 
-def tune_ranking(bundle_dir: Path, data: PreparedData, pairs: int = TUNE_PAIRS, log: Callable = print) -> dict:
+def tune_ranking(bundle_dir: Path, data: PreparedData, pairs: int = TUNE_PAIRS, log: Callable = print) -> dict | None:
     """Choose the weight of the selector in the ranking of retrieve and hybrid on the validation split,
     and record it in the bundle's ranking.json (ergo/ranking.py)."""
     started = time.perf_counter()
     bot = Chatbot(Bundle.load(bundle_dir), xla=False)
     if bot.selector is None:
         raise ErgoError(f"{bundle_dir} has no reply selector: add one with `python main.py --train-selector`")
-    scores = ranking_scores(bot, data.split("valid"), pairs, np.random.default_rng(0))
+    valid = data.split("valid")
+    if len({tuple(r) for r in valid["reply"]}) < CANDIDATES:
+        log(f"ranking: the validation split has fewer than {CANDIDATES} different replies to choose the selector's "
+            f"weight on; retrieve and hybrid rank by the selector alone")
+        return None
+    scores = ranking_scores(bot, valid, pairs, np.random.default_rng(0))
     weight, tried = choose_weight(scores[MMI_KEY], scores[SELECTOR_KEY])
     ranking = save_ranking(bundle_dir, weight, tried, len(scores[MMI_KEY]), SETTINGS["mmi"][1],
                            SETTINGS["length_penalty"][1])
@@ -141,6 +177,9 @@ def evaluate(bundle_dir: Path, data_dir: Path, split: str = "test", *, rank_pair
     ppl = perplexity(bot.model, BatchIterator(pairs, 64, seed=seed))
     log(f"recall@k of {CANDIDATES} on {min(rank_pairs, len(pairs['reply']))} pairs")
     recall = {name: recall_of(scores) for name, scores in ranking_scores(bot, pairs, rank_pairs, rng).items()}
+    ubuntu = ubuntu_v2_recall(bot, data.manifest["corpus"])
+    if ubuntu is not None:
+        log(f"recall@k of {CANDIDATES} on {ubuntu['pairs']} rows of {ubuntu['file']} (its own candidates)")
 
     generic_counts = Counter(tuple(vocab.decode(r)) for r in train["reply"]).most_common(10)
     generic = {g for g, _ in generic_counts}
@@ -166,7 +205,7 @@ def evaluate(bundle_dir: Path, data_dir: Path, split: str = "test", *, rank_pair
     report = {
         "bundle": str(bundle_dir), "data": str(data.path), "split": split, "corpus": data.manifest["corpus"]["name"],
         "pairs": len(pairs["reply"]), "perplexity": ppl, "recall_pairs": min(rank_pairs, len(pairs["reply"])),
-        "recall": recall, "generated_pairs": len(chosen), "generation": generation,
+        "recall": recall, "ubuntu_v2_test": ubuntu, "generated_pairs": len(chosen), "generation": generation,
         "default": default, "default_ranking": rankings.get(default), "rankings": rankings,
         "best_mode": best_mode(generation, recall, rankings),
         "modes": {name: {**defaults, **s} for name, s in MODES.items()},
@@ -229,6 +268,13 @@ def markdown(report: dict) -> str:
              "| --- |" + " --- |" * len(RECALL_AT)]
     lines += [f"| {name}{' (default)' if name == report['default_ranking'] else ''} | "
               + " | ".join(f"{v:.3f}" for v in r.values()) + " |" for name, r in report["recall"].items()]
+    ubuntu = report.get("ubuntu_v2_test")
+    if ubuntu:
+        lines += ["", f"## Ranking on the Ubuntu v2 test csv's own candidates ({ubuntu['pairs']} rows of {ubuntu['file']})",
+                  "", "Comparable with the published recall@k of the v2 dataset (if its test.csv was not in the "
+                  "preprocessed corpus, whose pairs may then sit in the training split).", "",
+                  "| scored by | " + " | ".join(f"R@{k}" for k in RECALL_AT) + " |", "| --- |" + " --- |" * len(RECALL_AT)]
+        lines += [f"| {name} | " + " | ".join(f"{v:.3f}" for v in r.values()) + " |" for name, r in ubuntu["recall"].items()]
     lines += ["", f"## Generated replies ({report['generated_pairs']} contexts)", "",
               "| mode | distinct-1 | distinct-2 | BLEU | generic rate | avg length | p50 seconds |",
               "| --- | --- | --- | --- | --- | --- | --- |"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -195,7 +196,7 @@ def train_selector(data: PreparedData, cfg: SelectorConfig, out_dir: Path, *, mi
         if time.perf_counter() >= deadline:
             break
         model.fit(as_keras_data(_Batches(train, keys, cfg.batch_size, seed, epoch)), epochs=1, shuffle=False,
-                  verbose=1 if progress else 0, callbacks=[_Deadline(deadline)])
+                  verbose=(1 if sys.stdout.isatty() else 2) if progress else 0, callbacks=[_Deadline(deadline)])
         epochs = epoch + 1
     info = {"corpus": data.manifest["corpus"]["name"], "epochs": epochs}
     valid = data.split("valid")

@@ -75,17 +75,19 @@ class RunFolder:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def claim(self, resume: bool) -> None:
-        """Refuse to mix runs: an existing run continues only with --resume and the same settings."""
+    def claim(self, resume: bool, log=print) -> bool:
+        """Refuse to mix runs: an existing run continues only with --resume and the same settings.
+        Returns whether there is a checkpoint to resume from: --resume on a run that stopped before its
+        first one (or on no run at all) starts it, and says so, so that a retry with --resume always works."""
         saved = self.file("run.json")
         if not saved.is_file():
             if resume:
-                raise ErgoError(f"nothing to resume in {self.path}/ (no run.json); train without --resume")
+                log(f"nothing to resume in {self.path}/ yet: starting the run")
             if self.path.exists() and any(self.path.iterdir()):
                 raise ErgoError(f"{self.path}/ is not empty and holds no ErGo run; choose another --model-dir")
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(saved, json.dumps(self.identity, indent=2))
-            return
+            return False
         try:
             existing = json.loads(saved.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError):
@@ -99,8 +101,8 @@ class RunFolder:
             raise ErgoError(f"{self.path}/ already holds this run: pass --resume to continue it, "
                             f"or --model-dir for a new one")
         if resume and not has_latest:
-            raise ErgoError(f"{self.path}/ has no latest checkpoint to resume from (it stopped before its first); "
-                            f"train again without --resume")
+            log(f"{self.path}/ stopped before its first checkpoint: starting the run again")
+        return resume and has_latest
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -350,7 +352,7 @@ def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, mo
         "model_config": to_dict(model_cfg), "data_key": data.manifest["key"],
         "vocab_size": len(vocab), "embedding_dim": int(matrix.shape[1]),
         "corpus": data.manifest["corpus"]["name"], "word2vec_init": init_embeddings})
-    run.claim(resume)
+    resume = run.claim(resume, log)
     train_split, valid_split = data.split("train"), data.split("valid")
     if not valid_split["reply"]:
         raise ErgoError("the validation split is empty: preprocess a corpus with more conversations")

@@ -126,3 +126,25 @@ def test_a_selector_can_be_added_to_an_older_bundle(tiny_bundle, trained, tmp_pa
 def _words(text: str) -> list[str]:
     from ergo.text import tokenize
     return tokenize(text, lowercase=True)
+
+
+def test_the_ubuntu_v2_test_csv_is_ranked_with_its_own_candidates(bot, tmp_path):
+    """Ubuntu v2's test.csv: Context, Ground Truth Utterance, Distractor_0..8 (the published 1-in-10 task)."""
+    header = ["Context", "Ground Truth Utterance"] + [f"Distractor_{i}" for i in range(9)]
+    rows = []
+    for place in _PLACES:
+        others = [f"{p} is nice . __eou__" for p in _PLACES if p != place] + ["thanks , bye ! __eou__", "hi ! __eou__"]
+        rows.append([f"where do you live ? __eou__ __eot__ i live in {place} . __eou__ __eot__",
+                     f"{place} is nice . __eou__", *others[:9]])
+    rows.append(["too few columns"])  # skipped
+    import csv
+    with open(tmp_path / "test.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    from ergo.corpora.ubuntu import test_candidates
+    from ergo.evaluation import ubuntu_v2_recall
+    parsed = list(test_candidates(tmp_path / "test.csv", 100))
+    assert len(parsed) == len(_PLACES) and parsed[0][0] == ["where do you live ?", f"i live in {_PLACES[0]} ."]
+    assert parsed[0][1][0] == f"{_PLACES[0]} is nice ." and len(parsed[0][1]) == 10
+    found = ubuntu_v2_recall(bot, {"format": "ubuntu", "path": str(tmp_path)})
+    assert found["pairs"] == len(_PLACES) and found["recall"][SELECTOR_KEY]["R@1"] == 1.0  # as planted
+    assert ubuntu_v2_recall(bot, {"format": "chitchat", "path": "the chitchat corpus"}) is None

@@ -104,3 +104,23 @@ def _read_v2(file: Path, log: ReadLog, encoding: str) -> Iterator[Conversation]:
         turns = _turns(row[context_i]) + _turns(row[reply_i])
         log.utterances += row[context_i].count(EOU) + max(1, row[reply_i].count(EOU))
         yield turns
+
+
+DISTRACTORS = tuple(f"Distractor_{i}" for i in range(9))
+
+
+def test_candidates(file: Path, limit: int, encoding: str = "utf-8") -> Iterator[tuple[list[str], list[str]]]:
+    """(context turns, [true reply, 9 distractors]) of the first `limit` rows of a v2 valid/test csv, the
+    1-in-10 ranking task the corpus was published with; rows of another shape are skipped."""
+    csv.field_size_limit(sys.maxsize)
+    rows = csv.reader(line for _, line in iter_lines(file, encoding))
+    header = next(rows, [])
+    if "Context" not in header or "Ground Truth Utterance" not in header or not set(DISTRACTORS) <= set(header):
+        return
+    columns = [header.index(c) for c in ("Ground Truth Utterance", *DISTRACTORS)]
+    context_i = header.index("Context")
+    for n, row in enumerate(rows):
+        if n >= limit:
+            return
+        if len(row) == len(header):
+            yield _turns(row[context_i]), [row[i].replace(EOU, " ").strip() for i in columns]
