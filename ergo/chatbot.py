@@ -235,17 +235,20 @@ class Chatbot:
         if self.selector is not None:
             found = self.selector.search(vector, RETRIEVE_POOL * s["candidates"])  # room for those refused
         elif self.index is not None:
-            found = self.index.search(context, s["candidates"])
+            found = self.index.search(context, RETRIEVE_POOL * s["candidates"])
         else:
             return [], {}
         banned = set(self.decoder.banned.tolist())
         context_grams = _ngrams(np.asarray(context).tolist(), s["block_context_ngram"])
-        kept = [ids for ids, _ in found
-                if len(ids) >= s["min_len"] and not banned.intersection(ids) and tuple(ids) not in avoid
-                and _obeys_ngram_rules(ids[:s["max_len"]], s["no_repeat_ngram"], s["block_context_ngram"],
-                                       context_grams)]
-        scores = {tuple(ids[:s["max_len"]]): score for ids, score in found} if self.selector is not None else {}
-        return [Candidate(ids[:s["max_len"]], 0.0, len(ids) <= s["max_len"]) for ids in kept[:s["candidates"]]], scores
+        kept, scores = [], {}
+        for ids, score in found:  # best first: a reply cut to max_len keeps the best score of its cut
+            cut = tuple(ids[:s["max_len"]])
+            if cut in scores or len(ids) < s["min_len"] or banned.intersection(ids) or cut in avoid \
+                    or not _obeys_ngram_rules(cut, s["no_repeat_ngram"], s["block_context_ngram"], context_grams):
+                continue
+            scores[cut] = score
+            kept.append(Candidate(list(cut), 0.0, len(ids) <= s["max_len"]))
+        return kept[:s["candidates"]], scores if self.selector is not None else {}
 
     @staticmethod
     def _fresh(found: list[tuple[Candidate, str]], avoid: set) -> list[tuple[Candidate, str]]:

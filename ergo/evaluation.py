@@ -34,7 +34,7 @@ from .errors import ErgoError
 from .files import atomic_write_text
 from .model import perplexity
 from .ranking import CANDIDATES, RECALL_AT, choose_weight, combine, recall as recall_of, recall_rows
-from .ranking import save as save_ranking
+from .ranking import RANKING_FILE, save as save_ranking
 from .retrieval import INDEX_FILE, build_index, vocab_digest
 from .selector import has_selector, pool_scores
 from .text import detokenize, tokenize
@@ -136,6 +136,7 @@ def tune_ranking(bundle_dir: Path, data: PreparedData, pairs: int = TUNE_PAIRS, 
     """Choose the weight of the selector in the ranking of retrieve and hybrid on the validation split,
     and record it in the bundle's ranking.json (ergo/ranking.py)."""
     started = time.perf_counter()
+    (Path(bundle_dir) / RANKING_FILE).unlink(missing_ok=True)  # the old weight, of another selector or damaged
     bot = Chatbot(Bundle.load(bundle_dir), xla=False)
     if bot.selector is None:
         raise ErgoError(f"{bundle_dir} has no reply selector: add one with `python main.py --train-selector`")
@@ -154,7 +155,7 @@ def tune_ranking(bundle_dir: Path, data: PreparedData, pairs: int = TUNE_PAIRS, 
     return ranking
 
 
-def evaluate(bundle_dir: Path, data_dir: Path, split: str = "test", *, rank_pairs: int = 500,
+def evaluate(bundle_dir: Path, data_dir: Path, split: str = "test", *, rank_pairs: int = 500, prompts=PROMPTS,
              generate_pairs: int = 200, seed: int = 0, log: Callable = print) -> dict:
     """Evaluate the bundle on `split` of the data it was trained on; write report.json and report.md
     into the bundle and return the report. Builds the bundle's retrieval index first if it lacks one."""
@@ -186,7 +187,7 @@ def evaluate(bundle_dir: Path, data_dir: Path, split: str = "test", *, rank_pair
     chosen = rng.choice(len(pairs["reply"]), size=min(generate_pairs, len(pairs["reply"])), replace=False)
     references = [vocab.decode(pairs["reply"][i]) for i in chosen]
     generation = {"reference": _generation_metrics(references, None, generic)}
-    samples = {p: {} for p in PROMPTS}
+    samples = {p: {} for p in prompts}
     for name, settings in MODES.items():
         log(f"replies by {name} to {len(chosen)} {split} contexts")
         replies, seconds = [], []
@@ -196,7 +197,7 @@ def evaluate(bundle_dir: Path, data_dir: Path, split: str = "test", *, rank_pair
             seconds.append(reply.seconds)
         generation[name] = {**_generation_metrics(replies, references, generic),
                             "seconds_p50": float(np.median(seconds))}
-        for n, prompt in enumerate(PROMPTS):
+        for n, prompt in enumerate(prompts):
             samples[prompt][name] = bot.reply([prompt], **settings, **_seeded(settings, n)).text
 
     defaults = {k: spec[1] for k, spec in SETTINGS.items()}

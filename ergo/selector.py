@@ -217,9 +217,7 @@ def save_selector(model: ReplySelector, vocab: Vocab, replies: Sequence[np.ndarr
                   info: dict) -> dict:
     """Write the folder `out_dir` (replaced whole): the model, and the index of `replies` (distinct)
     encoded by its reply tower. `info` joins the settings in config.json, which is returned."""
-    vectors = np.concatenate([np.zeros((0, model.cfg.dim), np.float32)] + [
-        np.asarray(model.replies(pad(replies[i:i + ENCODE_BATCH], WIDTH_MULTIPLE)))
-        for i in range(0, len(replies), ENCODE_BATCH)])
+    vectors = _encoded(model.replies, replies)
     info = {"selector_config": to_dict(model.cfg), "vocab_size": len(vocab),
             "embedding_dim": int(model.embedding.output_dim), "vocab_digest": vocab_digest(vocab),
             "replies": len(replies), **info}
@@ -236,10 +234,16 @@ def save_selector(model: ReplySelector, vocab: Vocab, replies: Sequence[np.ndarr
 
 
 def pool_scores(model: ReplySelector, contexts: list, replies: list, rows: np.ndarray) -> np.ndarray:
-    """Scores [n, 10]: context a against the pool replies rows[a] (ergo/ranking.py's recall rows)."""
-    c = np.asarray(model.contexts(pad(contexts, WIDTH_MULTIPLE)))
-    r = np.asarray(model.replies(pad([np.asarray(x, np.int32) for x in replies], WIDTH_MULTIPLE)))
+    """Scores [n, k]: context a against the replies rows[a] (ergo/ranking.py's recall rows)."""
+    c = _encoded(model.contexts, contexts)
+    r = _encoded(model.replies, [np.asarray(x, np.int32) for x in replies])
     return np.einsum("nd,nkd->nk", c, r[rows]) * float(model.scale)
+
+
+def _encoded(tower, seqs: Sequence) -> np.ndarray:
+    """A tower's vectors of id sequences, ENCODE_BATCH at a time."""
+    return np.concatenate([np.zeros((0, tower(pad([np.ones(1, np.int32)])).shape[-1]), np.float32)] + [
+        np.asarray(tower(pad(seqs[i:i + ENCODE_BATCH], WIDTH_MULTIPLE))) for i in range(0, len(seqs), ENCODE_BATCH)])
 
 
 class Selector:

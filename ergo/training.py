@@ -208,12 +208,13 @@ class _Clock(keras.callbacks.Callback):
     as its first; this is the schedule of "budgeted training" (Li et al., 2020).
     """
 
-    def __init__(self, state: TrainState, cfg: TrainConfig, bar=None, reserve: float = 0.0, tail: float = 0.0):
+    def __init__(self, state: TrainState, cfg: TrainConfig, bar=None, reserve: float = 0.0, tail: float = 0.0,
+                 tail_seconds: float = 0.0):
         """`reserve`: the expected seconds of a validation and its saves, until one has been timed;
-        `tail`: the seconds of the work after the last one (the ranking's choice), as a share of a
-        validation's scoring."""
+        `tail` and `tail_seconds`: the work after the last one (the ranking's choice), as a share of a
+        validation's scoring plus a fixed time."""
         super().__init__()
-        self.tail = tail
+        self.tail, self.tail_seconds = tail, tail_seconds
         self.state, self.cfg, self.bar = state, cfg, bar
         self.budget = cfg.minutes * 60.0
         self.scheduled = bool(self.budget) and (cfg.warmup > 0 or cfg.final_lr < 1)
@@ -229,7 +230,7 @@ class _Clock(keras.callbacks.Callback):
         """A validation (and its saves) just ended after `seconds`, `scoring` of them spent on the
         validation split. Unless the user chose the interval, it stretches so that scoring takes at most
         MAX_VALIDATION_SHARE of the time: a big corpus's validation split would otherwise eat the budget."""
-        self.reserve = seconds + self.tail * scoring
+        self.reserve = seconds + self.tail * scoring + self.tail_seconds
         every = self.every if self.cfg.validate_every else max(self.every, scoring / MAX_VALIDATION_SHARE)
         self.next_validation = self.elapsed() + every if every else math.inf
 
@@ -379,11 +380,16 @@ def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, mo
         log(f"this run has ended ({'early stop' if state.stopped_early else f'{state.epoch} epochs'}): "
             f"nothing to train" + ("" if state.stopped_early else "; pass a larger --epochs to train on"))
         return state
-    if selector_cfg is not None and selector_cfg.encoder != "none" and not has_selector(run.path):
+    wanted = selector_cfg is not None and selector_cfg.encoder != "none" and (selector_cfg.share or not budget)
+    if wanted and not has_selector(run.path):
         started = time.perf_counter()
-        train_selector(data, selector_cfg, run.file(SELECTOR), minutes=train_cfg.minutes * selector_cfg.share,
-                       progress=progress, log=log)
+        left = max(budget - state.elapsed, 1.0) / 60 if budget else 0.0
+        train_selector(data, selector_cfg, run.file(SELECTOR), minutes=min(train_cfg.minutes * selector_cfg.share, left)
+                       if budget else 0.0, progress=progress, log=log)
         state.elapsed += time.perf_counter() - started  # the budget counts it
+    elif wanted and _selector_encoder(run.path) != selector_cfg.encoder:
+        log(f"note: this run's selector has {_selector_encoder(run.path)} towers and is kept; "
+            f"`--train-selector --selector {selector_cfg.encoder}` replaces it")
     model.optimizer.learning_rate.assign(state.learning_rate)
     writer = _TensorBoard.create(run.file("logs"))
     reply_tokens = np.array([len(r) + 1 for r in train_split["reply"]])  # + <eos>: the target tokens
@@ -399,8 +405,9 @@ def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, mo
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s [{postfix}]", mininterval=1.0)
            if budget and progress else None)
     tail = _ranking_share(len(valid_split["reply"])) if has_selector(run.path) else 0.0
-    reserve = _validation_seconds(model, valid_batches) * (1.0 + tail) if budget else 0.0
-    clock = _Clock(state, train_cfg, bar, reserve=reserve, tail=tail)
+    tail_seconds = RANKING_LOAD_SECONDS if tail else 0.0
+    reserve = _validation_seconds(model, valid_batches) * (1.0 + tail) + tail_seconds if budget else 0.0
+    clock = _Clock(state, train_cfg, bar, reserve=reserve, tail=tail, tail_seconds=tail_seconds)
     fit_seconds = 0.0
     say = (lambda m: bar.write(m)) if bar is not None else log  # lines above the bar, not through it
     validate = functools.partial(_validate, run, model, state, train_cfg, data, vocab, valid_batches, books,
@@ -451,6 +458,8 @@ def add_selector(bundle_dir: Path, data_dir: Path, cfg: SelectorConfig, *, minut
     from .evaluation import tune_ranking
     from .retrieval import vocab_digest
     bundle_dir = Path(bundle_dir)
+    if minutes < 0:
+        raise ErgoError(f"--minutes must be 0 or more, not {minutes:g}")
     bundle, data = Bundle.load(bundle_dir), PreparedData.open(Path(data_dir))
     if vocab_digest(data.vocab()) != vocab_digest(bundle.vocab):
         raise ErgoError(f"{data.path} was not the data {bundle_dir} was trained on (the vocabularies differ)")
@@ -458,12 +467,21 @@ def add_selector(bundle_dir: Path, data_dir: Path, cfg: SelectorConfig, *, minut
         raise ErgoError("--selector none trains no selector; choose bow or lstm")
     run_dir = bundle_dir.parent if bundle_dir.name == "best" and (bundle_dir.parent / "run.json").is_file() else None
     trained = (run_dir or bundle_dir) / SELECTOR
+    (bundle_dir / RANKING_FILE).unlink(missing_ok=True)  # the old selector's weight
     train_selector(data, cfg, trained, minutes=minutes, progress=progress, log=log)
     if run_dir is not None:
         with atomic_dir(bundle_dir / SELECTOR) as tmp:
             for file in trained.iterdir():
                 link(file, tmp / file.name)
     tune_ranking(bundle_dir, data, log=log)
+
+
+def _selector_encoder(folder: Path) -> str:
+    """The towers of the selector in `folder` (a run or a bundle)."""
+    try:
+        return json.loads((folder / SELECTOR / "config.json").read_text(encoding="utf-8"))["selector_config"]["encoder"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
 
 
 def _ranking_share(valid_pairs: int) -> float:
@@ -475,6 +493,7 @@ def _ranking_share(valid_pairs: int) -> float:
 
 
 VALID_BATCH = 256  # validation has no gradients to hold: wide batches, few calls
+RANKING_LOAD_SECONDS = 3.0  # the ranking's choice loads the best bundle and traces its scoring first
 
 
 def _validation_seconds(model, valid_batches) -> float:

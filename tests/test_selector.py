@@ -97,7 +97,7 @@ def test_the_report_names_the_default_ranking(trained, tmp_path):
     run, data = trained
     bundle = tmp_path / "bundle"
     shutil.copytree(run / "best", bundle)
-    report = evaluate(bundle, data.path, "test", rank_pairs=40, generate_pairs=4, log=lambda *_: None)
+    report = evaluate(bundle, data.path, "test", rank_pairs=30, generate_pairs=2, prompts=("hi!",), log=lambda *_: None)
     assert report["default"] == "retrieve" and report["default_ranking"] == COMBINED_KEY
     assert {SELECTOR_KEY, COMBINED_KEY} <= set(report["recall"]) and report["rankings"]["beam"] != COMBINED_KEY
     assert report["best_mode"] in report["rankings"]
