@@ -97,7 +97,7 @@ def test_the_report_names_the_default_ranking(trained, tmp_path):
     run, data = trained
     bundle = tmp_path / "bundle"
     shutil.copytree(run / "best", bundle)
-    report = evaluate(bundle, data.path, "test", rank_pairs=30, generate_pairs=2, prompts=("hi!",), log=lambda *_: None)
+    report = evaluate(bundle, data.path, "test", rank_pairs=20, generate_pairs=2, prompts=("hi!",), log=lambda *_: None)
     assert report["default"] == "retrieve" and report["default_ranking"] == COMBINED_KEY
     assert {SELECTOR_KEY, COMBINED_KEY} <= set(report["recall"]) and report["rankings"]["beam"] != COMBINED_KEY
     assert report["best_mode"] in report["rankings"]
@@ -148,3 +148,21 @@ def test_the_ubuntu_v2_test_csv_is_ranked_with_its_own_candidates(bot, tmp_path)
     found = ubuntu_v2_recall(bot, {"format": "ubuntu", "path": str(tmp_path)})
     assert found["pairs"] == len(_PLACES) and found["recall"][SELECTOR_KEY]["R@1"] == 1.0  # as planted
     assert ubuntu_v2_recall(bot, {"format": "chitchat", "path": "the chitchat corpus"}) is None
+
+
+def test_lstm_towers_save_load_and_score(bot, tmp_path):
+    from ergo.selector import Selector, build_selector, save_selector
+    cfg = override(TINY.selector, encoder="lstm")
+    model = build_selector(cfg, len(bot.vocab), embedding_dim=bot.selector.model.embedding.output_dim)
+    replies = [np.array(bot.vocab.encode(_words(f"{p} is nice.")), np.int32) for p in _PLACES]
+    save_selector(model, bot.vocab, replies, tmp_path / FOLDER, {"note": "untrained"})
+    loaded = Selector.load(tmp_path, bot.vocab)
+    context = bot.context(["i live in rome."])
+    np.testing.assert_allclose(loaded.score(context, replies), np.asarray(model((context[None], _padded(replies))))[0],
+                               rtol=1e-4, atol=1e-4)
+    assert [r for r, _ in loaded.search(loaded.context_vector(context), 3)][0] in [r.tolist() for r in replies]
+
+
+def _padded(replies):
+    from ergo.batching import pad
+    return pad(replies, 8)
