@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="validate and save every MINUTES, within epochs too (default with --minutes: a tenth "
                          "of the budget, at least 1, longer where validating would take over 5%% of the time; "
                          "without: at the end of each epoch)")
+    tr.add_argument("--save-every", type=float, metavar="MINUTES",
+                    help="save the latest checkpoint at least every MINUTES, within epochs too, so that a kill "
+                         "loses at most that much training (default 10; 0: only at validations)")
     tr.add_argument("--epochs", type=int, help="override the preset's number of epochs")
     tr.add_argument("--batch-size", type=int, help="override the preset's batch size")
     tr.add_argument("--learning-rate", type=float, help="override the preset's learning rate")
@@ -134,7 +137,7 @@ def model_and_train_config(args):
     # A budget is the run's length: the preset's epochs do not cut it short, an explicit --epochs does.
     epochs = args.epochs if args.epochs is not None or not args.minutes else UNBOUNDED_EPOCHS
     train = override(preset.train, epochs=epochs, minutes=args.minutes, validate_every=args.validate_every,
-                     batch_size=args.batch_size,
+                     save_every=args.save_every, batch_size=args.batch_size,
                      learning_rate=args.learning_rate, lr_decay=args.lr_decay, patience=args.patience,
                      final_lr=args.final_lr, warmup=args.warmup, label_smoothing=args.label_smoothing,
                      mixed_precision=args.mixed_precision)

@@ -65,13 +65,14 @@ class TrainConfig:
     mixed_precision: bool = False
     minutes: float = 0.0            # >0: a wall-clock budget for the run, validation and saving included
     validate_every: float = 0.0     # >0: validate (and save) every this many minutes, within epochs too
+    save_every: float = 10.0        # >0: save latest/ at least every this many minutes, within epochs too
     warmup: float = 0.0             # under a budget: its share over which the learning rate rises from 0
     final_lr: float = 1.0           # under a budget: the learning rate at its end, as a share of the start
     label_smoothing: float = 0.0    # share of the target spread over the vocabulary (full softmax only)
 
     def __post_init__(self):
         _check(self, at_least_1=("epochs", "batch_size", "patience", "log_every"),
-               at_least_0=("minutes", "validate_every"), positive=("learning_rate", "clipnorm", "lr_decay"),
+               at_least_0=("minutes", "validate_every", "save_every"), positive=("learning_rate", "clipnorm", "lr_decay"),
                fractions=("warmup", "label_smoothing"))
         if not 0 <= self.final_lr <= 1:
             raise ErgoError(f"final-lr must be from 0 to 1, not {self.final_lr!r}")

@@ -5,7 +5,8 @@ A run folder (checkpoints/<corpus>-<preset>/ by default) holds one run and never
 
     run.json       what the weights depend on (model settings, the data's key, sizes); checked on resume
     latest/        weights, optimizer state and position (epoch, batch, minutes) to resume from; saved at
-                   every validation and when Ctrl-C stops training
+                   every validation, every `save_every` minutes within epochs, and when Ctrl-C or SIGTERM
+                   stops training; the one before it is kept (.latest.previous/) for when it is found damaged
     best/          the bundle with the best validation perplexity (ergo/bundle.py), with the reply selector
     selector/      the reply selector (ergo/selector.py), trained first (it depends on the data alone)
     metrics.csv    one row a validation (each epoch's end, and within epochs every `validate_every`
@@ -27,6 +28,9 @@ import functools
 import json
 import math
 import os
+import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,7 +44,7 @@ from .bundle import save_bundle
 from .config import ModelConfig, SelectorConfig, TrainConfig, to_dict
 from .dataset import PreparedData
 from .errors import ErgoError
-from .files import atomic_dir, atomic_path, atomic_write_text
+from .files import atomic_dir, atomic_path, atomic_write_text, previous_of, recover_dir, sha256_file
 from .model import build_seq2seq, compile_for_training, perplexity
 from .ranking import RANKING_FILE
 from .retrieval import INDEX_FILE, build_index
@@ -80,6 +84,9 @@ class RunFolder:
         Returns whether there is a checkpoint to resume from: --resume on a run that stopped before its
         first one (or on no run at all) starts it, and says so, so that a retry with --resume always works."""
         saved = self.file("run.json")
+        for name in ("latest", "best", SELECTOR):  # what a stop between two renames or a SIGKILL left
+            if recover_dir(self.file(name), keep_previous=name == "latest"):
+                log(f"{self.file(name)}/ was being replaced when the run stopped: the previous one is back")
         if not saved.is_file():
             if resume:
                 log(f"nothing to resume in {self.path}/ yet: starting the run")
@@ -92,6 +99,9 @@ class RunFolder:
             existing = json.loads(saved.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError):
             raise ErgoError(f"{saved} is damaged; use another --model-dir, or delete the folder to start over") from None
+        if "batch_size" not in existing:  # runs from before it was recorded: it becomes part of them now
+            existing["batch_size"] = self.identity["batch_size"]
+            atomic_write_text(saved, json.dumps(existing, indent=2))
         differ = _differences(existing, self.identity)
         if differ:
             raise ErgoError(f"{self.path}/ holds a run with other settings ({'; '.join(differ[:4])}); "
@@ -118,21 +128,94 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def save_latest(run: RunFolder, model, state: TrainState) -> None:
     """Weights with the optimizer's state (Keras saves both for a compiled model) and the position,
-    replaced as one folder."""
-    with atomic_dir(run.file("latest")) as tmp:
+    replaced as one folder; the weights' checksum goes with the position, so a damaged file is found."""
+    with atomic_dir(run.file("latest"), keep_previous=True) as tmp:
         model.save_weights(tmp / "model.weights.h5")
-        (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
+        (tmp / "state.json").write_text(json.dumps({**asdict(state), "weights_sha256": sha256_file(
+            tmp / "model.weights.h5")}, indent=2), encoding="utf-8")
 
 
-def load_latest(run: RunFolder, model) -> TrainState:
+def load_latest(run: RunFolder, model, log=print) -> TrainState:
+    """The run's latest checkpoint; when it is damaged (a truncated or altered file), the one before it,
+    which then takes its place."""
     latest = run.file("latest")
     model.optimizer.build(model.trainable_variables)  # so that load_weights restores its moments too
+    problems = []
+    for folder in (latest, previous_of(latest)):
+        if not folder.is_dir():
+            continue
+        try:
+            state = _load_checkpoint(folder, model)
+        except ErgoError as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            log(f"warning: {problems[0]}; resuming from the checkpoint before it (step {state.step:,})")
+            shutil.rmtree(latest)
+            os.replace(folder, latest)
+        return state
+    raise ErgoError(f"cannot resume from {latest}/: {'; '.join(problems) or 'no checkpoint'}; "
+                    f"train again in a new --model-dir")
+
+
+def _load_checkpoint(folder: Path, model) -> TrainState:
     try:
-        state = TrainState(**json.loads((latest / "state.json").read_text(encoding="utf-8")))
-        model.load_weights(latest / "model.weights.h5")
+        saved = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        digest = saved.pop("weights_sha256", None)
+        if digest is not None and digest != sha256_file(folder / "model.weights.h5"):
+            raise ErgoError(f"{folder}/model.weights.h5 is damaged (its checksum differs from the one saved with it)")
+        state = TrainState(**saved)
+        model.load_weights(folder / "model.weights.h5")
     except (OSError, ValueError, TypeError, KeyError) as e:
-        raise ErgoError(f"cannot resume from {latest}/: {e}") from None
+        raise ErgoError(f"{folder}/ is damaged ({type(e).__name__}: {e})") from None
     return state
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM (docker stop, a scheduler) taken as Ctrl-C: training saves where it is and stops."""
+
+
+def _raise_stopped(signum, frame):
+    raise _Stopped()
+
+
+class _StopOnSigterm:
+    """While training: SIGTERM raises _Stopped (a KeyboardInterrupt), so that it saves as Ctrl-C does.
+    Only the main thread can take signals; elsewhere (a notebook's worker thread) nothing changes."""
+
+    def __enter__(self):
+        self.active = threading.current_thread() is threading.main_thread()
+        if self.active:
+            self.before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGTERM, _raise_stopped)
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.signal(signal.SIGTERM, self.before[0])
+            signal.signal(signal.SIGINT, self.before[1])
+
+
+def _hold_signals() -> None:
+    """While a stop saves, a second SIGTERM or Ctrl-C is ignored, so that the save completes."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _trim_csv(path: Path, step: int) -> None:
+    """Drop the rows of steps after `step`: a resumed run trains them again, and would draw them twice."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= step]
+    if len(kept) == len(rows) or not rows:
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
 
 
 class _EpochBatches(keras.utils.PyDataset):
@@ -199,8 +282,9 @@ SAVE_SECONDS = 2.0  # a first guess at writing best/ and latest/, until a valida
 
 
 class _Clock(keras.callbacks.Callback):
-    """The run's wall clock: it ends a fit when a validation is due (every `validate_every` minutes) or
-    when the budget (`minutes`) must stop training to leave time for the last validation and save.
+    """The run's wall clock: it ends a fit when a validation is due (every `validate_every` minutes), when
+    latest/ is due to be saved (every `save_every` minutes), or when the budget (`minutes`) must stop
+    training to leave time for the last validation and save.
 
     Under a budget with a schedule it also sets the learning rate of every step from the share of the
     budget spent: an optional warm-up, then a linear fall to `final_lr` times the epoch's rate. A run that knows when it
@@ -222,6 +306,8 @@ class _Clock(keras.callbacks.Callback):
         self.origin = time.perf_counter() - state.elapsed  # elapsed() carries on from a resumed run's clock
         self.reserve = reserve  # kept free at the budget's end for the last validation and save
         self.next_validation = state.elapsed + self.every if self.every else math.inf
+        self.save_every = cfg.save_every * 60.0
+        self.saved()
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.origin
@@ -233,17 +319,28 @@ class _Clock(keras.callbacks.Callback):
         self.reserve = seconds + self.tail * scoring + self.tail_seconds
         every = self.every if self.cfg.validate_every else max(self.every, scoring / MAX_VALIDATION_SHARE)
         self.next_validation = self.elapsed() + every if every else math.inf
+        self.saved()
+
+    def saved(self) -> None:
+        """latest/ was just saved: the next save is due `save_every` from now."""
+        self.next_save = self.elapsed() + self.save_every if self.save_every else math.inf
+
+    def validation_at(self) -> float:
+        end = self.budget - self.reserve if self.budget else math.inf
+        return min(self.next_validation, end)
 
     def stop_at(self) -> float:
         """When the fit in progress must end."""
-        end = self.budget - self.reserve if self.budget else math.inf
-        return min(self.next_validation, end)
+        return min(self.validation_at(), self.next_save)
 
     def spent(self) -> bool:
         return bool(self.budget) and self.elapsed() >= self.budget - self.reserve
 
-    def due(self) -> bool:
-        return self.elapsed() >= self.stop_at()
+    def validation_due(self) -> bool:
+        return self.elapsed() >= self.validation_at()
+
+    def save_due(self) -> bool:
+        return self.elapsed() >= self.next_save
 
     def rate(self) -> float:
         """The learning rate this step, from the epoch's rate and the share of the budget spent."""
@@ -348,11 +445,20 @@ def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, mo
     `init_embeddings`: start the embeddings from the word2vec matrix (False: at random, to compare).
     `strategy_scope`: a tf.distribute scope to build the model in (default: picked from the devices).
     """
+    with _StopOnSigterm():
+        return _train(data, model_cfg, train_cfg, model_dir, selector_cfg=selector_cfg, resume=resume,
+                      progress=progress, init_embeddings=init_embeddings, callbacks=callbacks,
+                      strategy_scope=strategy_scope, log=log)
+
+
+def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progress, init_embeddings, callbacks,
+           strategy_scope, log) -> TrainState:
     vocab, matrix = data.vocab(), data.embeddings()
     run = RunFolder(Path(model_dir), {
         "model_config": to_dict(model_cfg), "data_key": data.manifest["key"],
         "vocab_size": len(vocab), "embedding_dim": int(matrix.shape[1]),
-        "corpus": data.manifest["corpus"]["name"], "word2vec_init": init_embeddings})
+        "corpus": data.manifest["corpus"]["name"], "word2vec_init": init_embeddings,
+        "batch_size": train_cfg.batch_size})  # a resume at batch k of another size would skip or repeat pairs
     resume = run.claim(resume, log)
     train_split, valid_split = data.split("train"), data.split("valid")
     if not valid_split["reply"]:
@@ -368,18 +474,20 @@ def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, mo
         compile_for_training(model, train_cfg)
         replicas_in_sync = _replicas()
         # the optimizer's variables, built on resume, must be made under the strategy too
-        state = load_latest(run, model) if resume else TrainState(learning_rate=train_cfg.learning_rate)
+        state = load_latest(run, model, log) if resume else TrainState(learning_rate=train_cfg.learning_rate)
     if resume:
+        for name in ("steps.csv", "metrics.csv"):
+            _trim_csv(run.file(name), state.step)
         log(f"resuming {run.path}/ after epoch {state.epoch}, batch {state.position} "
             f"(best validation perplexity so far {state.best_valid_ppl:.2f}, {state.elapsed / 60:.1f} min in)")
     budget = train_cfg.minutes * 60.0
     if budget and (state.elapsed >= budget or train_cfg.minutes <= state.spent_minutes):
         log(f"this run has used its {train_cfg.minutes:g} minutes: pass a larger --minutes to train on")
-        return state
+        return _rank(run, data, state, log, only_missing=True)
     if state.stopped_early or state.epoch >= train_cfg.epochs:
         log(f"this run has ended ({'early stop' if state.stopped_early else f'{state.epoch} epochs'}): "
             f"nothing to train" + ("" if state.stopped_early else "; pass a larger --epochs to train on"))
-        return state
+        return _rank(run, data, state, log, only_missing=True)
     wanted = selector_cfg is not None and selector_cfg.encoder != "none" and (selector_cfg.share or not budget)
     if wanted and not has_selector(run.path):
         started = time.perf_counter()
@@ -426,26 +534,39 @@ def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, mo
                 fit_seconds += time.perf_counter() - started
                 state.seconds += time.perf_counter() - started
             epoch_end = state.position >= len(batches)
-            if epoch_end or clock.due():
+            if epoch_end or clock.validation_due():
                 validate(epoch_end=epoch_end, tokens_per_s=books.tokens / max(fit_seconds, 1e-9))
                 books.tokens, fit_seconds = 0, 0.0
+            elif clock.save_due():  # between validations: only the position and weights, for a kill
+                state.elapsed = clock.elapsed()
+                save_latest(run, model, state)
+                clock.saved()
             if clock.spent():
                 state.spent_minutes, state.elapsed = train_cfg.minutes, clock.elapsed()
                 save_latest(run, model, state)
                 say(f"the {train_cfg.minutes:g}-minute budget is spent: stopped at epoch {state.epoch + 1}, "
                     f"batch {state.position} (resume with a larger --minutes to train on)")
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        _hold_signals()
         state.elapsed = clock.elapsed()
         save_latest(run, model, state)
-        raise ErgoError(f"interrupted: saved the latest checkpoint in {run.path}/latest/ "
+        how = "stopped by SIGTERM" if isinstance(e, _Stopped) else "interrupted"
+        raise ErgoError(f"{how}: saved the latest checkpoint in {run.path}/latest/ "
                         f"(epoch {state.epoch + 1}, batch {state.position}); continue with --resume") from None
     finally:
         if bar is not None:
             bar.close()
-    if has_selector(run.file("best")):
+    return _rank(run, data, state, log)
+
+
+def _rank(run: RunFolder, data: PreparedData, state: TrainState, log, only_missing: bool = False) -> TrainState:
+    """The end of a run: the selector's weight in the ranking, chosen on the best bundle (`only_missing`:
+    only where a stop during that choice left none); returns the state."""
+    best = run.file("best")
+    if has_selector(best) and not (only_missing and (best / RANKING_FILE).is_file()):
         from .evaluation import tune_ranking
-        tune_ranking(run.file("best"), data, log=log)
+        tune_ranking(best, data, log=log)
     return state
 
 

@@ -1,6 +1,9 @@
 """main.py as a user runs it: what it prints, its exit status, and no traceback for a user's mistake."""
+import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,10 +54,25 @@ def test_train_for_minutes_on_a_prepared_data_folder(tmp_path):
     corpus = write_text_corpus(tmp_path / "talk.txt", synthetic_conversations(60))
     assert run("--preprocess", "--corpus", str(corpus), "--preset", "tiny", "--data-dir", "prepared", "--quiet",
                cwd=tmp_path).returncode == 0
-    r = run("--train", "--data-dir", "prepared", "--preset", "tiny", "--minutes", "0.25", "--validate-every", "0.1",
-            "--quiet", cwd=tmp_path)
+    # the command a scheduler retries, killed with SIGKILL once a save within the epoch is on disk
+    train = ["--train", "--data-dir", "prepared", "--preset", "tiny", "--minutes", "0.25", "--validate-every", "0.1",
+             "--save-every", "0.01", "--resume", "--quiet"]
+    latest = tmp_path / "checkpoints" / "talk-tiny" / "latest" / "state.json"
+    first = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *train], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not latest.is_file() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    saved = json.loads(latest.read_text())
+    r = run(*train, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "prepared/ up to date, reused" in r.stdout and "0.25-minute budget is spent" in r.stdout
+    assert f"resuming checkpoints/talk-tiny/ after epoch {saved['epoch']}, batch {saved['position']}" in r.stdout
+    assert "prepared/ up to date, reused" in r.stdout
+    assert "0.25-minute budget is spent" in r.stdout or "has used its 0.25 minutes" in r.stdout  # on a slow machine
+    assert not list(latest.parent.parent.glob(".*.tmp"))  # what the kill left was cleared
     assert "best model: checkpoints/talk-tiny/best/" in r.stdout
     best = tmp_path / "checkpoints" / "talk-tiny" / "best"
     assert (best / "selector" / "config.json").is_file() and (best / "ranking.json").is_file()

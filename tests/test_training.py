@@ -1,7 +1,9 @@
 """Training end to end (fairseq style) and the run folder's guarantees: resume, refusal, interruption."""
 import csv
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -68,6 +70,8 @@ def test_existing_run_is_not_overwritten_and_other_settings_are_refused(data, tr
         train(data, TINY.model, TINY.train, run, **QUIET)
     with pytest.raises(ErgoError, match=r"holds a run with other settings \(model_config.hidden: 32 in the run, 48 now"):
         train(data, override(TINY.model, hidden=48), TINY.train, run, resume=True, **QUIET)
+    with pytest.raises(ErgoError, match=r"other settings \(batch_size: 16 in the run, 8 now"):  # it would skip pairs
+        train(data, TINY.model, override(TINY.train, batch_size=8), run, resume=True, **QUIET)
     logged = []  # --resume where nothing ran yet starts the run
     assert RunFolder(tmp_path / "empty", {"a": 1}).claim(True, logged.append) is False
     assert "nothing to resume" in logged[0] and (tmp_path / "empty" / "run.json").is_file()
@@ -82,23 +86,26 @@ def test_existing_run_is_not_overwritten_and_other_settings_are_refused(data, tr
 
 
 class StopAt(keras.callbacks.Callback):
-    """Ctrl-C as a user would press it: in the middle of an epoch."""
+    """Ctrl-C as a user would press it, or SIGTERM as `docker stop` sends it: in the middle of an epoch."""
 
-    def __init__(self, step):
+    def __init__(self, step, sigterm: bool = False):
         super().__init__()
-        self.step, self.seen = step, 0
+        self.step, self.seen, self.sigterm = step, 0, sigterm
 
     def on_train_batch_end(self, batch, logs=None):
         self.seen += 1
         if self.seen == self.step:
+            if self.sigterm:
+                os.kill(os.getpid(), signal.SIGTERM)
             raise KeyboardInterrupt
 
 
 def test_interrupted_run_resumes_from_its_latest_checkpoint(data, tmp_path):
     run = tmp_path / "run"
     cfg = override(TINY.train, epochs=1)
-    with pytest.raises(ErgoError, match=r"interrupted: saved the latest checkpoint .*epoch 1, batch 7\); continue with --resume"):
-        train(data, TINY.model, cfg, run, callbacks=(StopAt(7),), **QUIET)
+    with pytest.raises(ErgoError, match=r"stopped by SIGTERM: saved the latest checkpoint .*epoch 1, batch 7\); continue with --resume"):
+        train(data, TINY.model, cfg, run, callbacks=(StopAt(7, sigterm=True),), **QUIET)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # training's own handler is gone again
     saved = json.loads((run / "latest" / "state.json").read_text())
     assert saved["epoch"] == 0 and saved["position"] == 7 and saved["step"] == 7
     # the weights saved at the interruption are the ones the resumed run starts from
@@ -146,6 +153,31 @@ def test_a_run_that_stopped_before_its_first_checkpoint_starts_again(data, tmp_p
     logged = []  # a script that always retries with --resume gets going
     assert train(data, TINY.model, cfg, run, resume=True, progress=False, log=logged.append).epoch == 1
     assert any("stopped before its first checkpoint: starting the run again" in line for line in logged)
+
+
+def test_latest_is_saved_within_epochs_and_a_damaged_one_falls_back_to_the_one_before(data, tmp_path):
+    run = tmp_path / "run"
+    positions = []
+
+    class Watch(keras.callbacks.Callback):  # what a kill -9 at this batch would resume from
+        def on_train_batch_end(self, batch, logs=None):
+            if (run / "latest" / "state.json").is_file():
+                positions.append(json.loads((run / "latest" / "state.json").read_text())["position"])
+
+    full_epoch = -(-len(data.split("train")["reply"]) // TINY.train.batch_size)
+    train(data, TINY.model, override(TINY.train, epochs=1, save_every=0.002), run, callbacks=(Watch(),), **QUIET)
+    assert any(0 < p < full_epoch for p in positions)  # saved mid-epoch, with no validation
+    assert int(list(csv.DictReader(open(run / "metrics.csv")))[-1]["step"]) == full_epoch  # one validation
+    previous = json.loads((run / ".latest.previous" / "state.json").read_text())
+
+    with open(run / "latest" / "model.weights.h5", "r+b") as f:  # a power loss's truncated file
+        f.truncate(1000)
+    logged = []
+    state = train(data, TINY.model, override(TINY.train, epochs=2), run, resume=True, progress=False, log=logged.append)
+    assert any("model.weights.h5 is damaged" in line and f"step {previous['step']:,}" in line for line in logged)
+    assert state.epoch == 2 and state.step == previous["step"] + full_epoch * (2 - previous["epoch"]) - previous["position"]
+    steps = [int(r["step"]) for r in csv.DictReader(open(run / "metrics.csv"))]
+    assert steps == sorted(set(steps))  # the rows after the checkpoint it fell back to were dropped
 
 
 def test_mirrored_strategy_on_two_cpu_devices(data, tmp_path):
