@@ -6,12 +6,15 @@ A data folder holds:
                                 reply = the reply's word ids, without <go>/<eos> (batching adds them)
   vocab.json                    the vocabulary (ergo/vocab.py)
   embeddings.npy                float32 [vocab, dim]: row i is the vector of word i
-  word2vec.kv                   the gensim KeyedVectors the matrix came from
+  word2vec.bin                  the word vectors the matrix came from, in word2vec's binary format
+                                (loadable with --embeddings; no pickle, unlike gensim's own .kv files)
   stats.json                    counts, unknown-token rate, skipped lines and why, embedding coverage
   manifest.json                 settings, the input's fingerprint and every file's sha256; written last
 
-The folder is built in a temp folder and renamed into place, so it is complete or absent. Only files
-listed in the manifest with a matching sha256 are ever unpickled.
+The folder is built in a temp folder and renamed into place, so it is complete or absent. A file is
+read only if the manifest lists it with a matching sha256, and that catches damage, not a crafted
+folder (its manifest can carry matching hashes): so the splits are unpickled by `load_arrays`, which
+builds containers and plain-number numpy arrays and refuses anything else, whatever the hash says.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from numpy._core.numeric import _frombuffer as _numpy_frombuffer
 from tqdm import tqdm
 
 from . import __version__, corpora
@@ -39,13 +43,80 @@ from .embeddings import embedding_matrix, load_pretrained, train_word2vec
 from .errors import CorpusError, ErgoError
 from .files import atomic_dir, atomic_write_text, sha256_file
 from .text import tokenize
-from .vocab import SEP_ID, UNK_ID, Vocab
+from .vocab import SEP_ID, SPECIALS, UNK_ID, Vocab
 
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1
 TINY_PAIRS = 2000            # fewer training pairs than this earns a warning
 PARALLEL_FROM_TURNS = 20000  # below this, starting worker processes costs more than it saves
 SENTENCE_ENDS = (".", "!", "?", "...", "!!", "??", "?!", "..")
+SPLIT_KEYS = ("context", "reply", "conversation")
+
+
+class _DType:
+    """numpy.dtype(...) as a pickle names it, held back until it is known to be plain numbers.
+
+    numpy's own dtype.__setstate__ takes the type's flags from the file, so a crafted file could mark
+    an int32 dtype as holding Python objects and have raw bytes read as object pointers. Here the
+    state is only recorded; `_frombuffer` builds a fresh dtype from the checked name and byte order.
+    """
+
+    def __init__(self, name, align=False, copy=True):
+        self.name, self.state, self.dtype = name, None, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def checked(self) -> np.dtype:
+        if self.dtype is None:
+            s = self.state
+            if not (isinstance(self.name, str) and isinstance(s, tuple) and len(s) >= 5
+                    and s[1] in ("<", ">", "|", "=") and s[2:5] == (None, None, None)):
+                raise pickle.UnpicklingError(f"an unusual dtype {self.name!r}")
+            dtype = np.dtype(self.name)
+            if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+                raise pickle.UnpicklingError(f"an array of {dtype} (only plain numbers are accepted)")
+            self.dtype = dtype.newbyteorder(s[1]) if s[1] in "<>" else dtype
+        return self.dtype
+
+
+def _frombuffer(buf, dtype, shape, order, axis_order=None):
+    """numpy._core.numeric._frombuffer, the one call numpy 2.x pickles a contiguous array as (protocol 5)."""
+    if type(dtype) is not _DType or type(buf) not in (bytearray, bytes) or order not in ("C", "F", "K"):
+        raise pickle.UnpicklingError("an array in an unexpected form")
+    return _numpy_frombuffer(buf, dtype.checked(), shape, order, axis_order)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Containers and numpy arrays of plain numbers, nothing else: a file that names any other global
+    (os.system, builtins.eval, numpy's _reconstruct with its raw-bytes __setstate__ ...) is refused
+    before it runs. numpy 2.4 pickles a contiguous array at protocol 5 as
+    numpy._core.numeric._frombuffer(bytes, numpy.dtype(name), shape, order); only those two are known."""
+
+    _ALLOWED = {("numpy._core.numeric", "_frombuffer"): _frombuffer, ("numpy", "dtype"): _DType}
+
+    def find_class(self, module, name):
+        try:
+            return self._ALLOWED[module, name]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it names {module}.{name}") from None
+
+
+def load_arrays(path: Path):
+    """Unpickle a file of containers and numeric arrays without running any code it names."""
+    try:
+        with open(path, "rb") as f:
+            return _ArrayUnpickler(f).load()
+    except Exception as e:  # whatever the bytes are, they are not a file this code wrote
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ErgoError(f"{path} is not a data file ErGo wrote ({reason}); it was not loaded: "
+                        f"preprocess again (python main.py --preprocess --force)") from None
+
+
+def dump_arrays(value, path: Path) -> None:
+    """The writer `load_arrays` reads: protocol 5, so numpy writes each array as raw bytes + dtype."""
+    with open(path, "wb") as f:
+        pickle.dump(value, f, protocol=5)
 
 
 @dataclass
@@ -89,8 +160,13 @@ class PreparedData:
     def split(self, name: str) -> dict:
         if name not in SPLITS:
             raise ErgoError(f"unknown split {name!r}; one of {', '.join(SPLITS)}")
-        with open(self._checked(f"{name}.pkl"), "rb") as f:
-            return pickle.load(f)
+        file = self._checked(f"{name}.pkl")
+        split = load_arrays(file)
+        if not (isinstance(split, dict) and all(k in split for k in SPLIT_KEYS)
+                and len(split["context"]) == len(split["reply"]) == len(split["conversation"])):
+            raise ErgoError(f"{file} does not hold a split ({', '.join(SPLIT_KEYS)} of one length); "
+                            f"preprocess again (python main.py --preprocess --force)")
+        return split
 
     def embeddings(self) -> np.ndarray:
         return np.load(self._checked("embeddings.npy"))
@@ -239,6 +315,10 @@ def preprocess(corpus: Corpus, cfg: DataConfig, out_dir: Path, *, embeddings: Pa
     parts = split_conversations(len(conversations_tokens), cfg)
     counts = Counter(tok for c in parts["train"] for turn in conversations_tokens[c] for tok in turn)
     vocab = Vocab.build(counts, cfg.min_count, cfg.max_vocab)
+    if len(vocab) == len(SPECIALS):  # else gensim stops with "you must first build vocabulary"
+        raise CorpusError(f"{where}: too small to learn from: no word occurs {cfg.min_count} times or more in its "
+                          f"{len(parts['train'])} training conversation(s), so there is no vocabulary to train "
+                          f"word vectors or a model on; use a corpus of thousands of conversations")
     ids = [[vocab.encode(turn) for turn in conv] for conv in conversations_tokens]
     ends = frozenset(vocab.index[t] for t in SENTENCE_ENDS if t in vocab)
     pairs = {name: make_pairs(ids, parts[name], cfg, log, ends) for name in SPLITS}
@@ -280,11 +360,10 @@ def preprocess(corpus: Corpus, cfg: DataConfig, out_dir: Path, *, embeddings: Pa
 
     with atomic_dir(out_dir) as tmp:
         for name in SPLITS:
-            with open(tmp / f"{name}.pkl", "wb") as f:
-                pickle.dump(pairs[name], f, protocol=pickle.HIGHEST_PROTOCOL)
+            dump_arrays(pairs[name], tmp / f"{name}.pkl")
         vocab.save(tmp / "vocab.json")
         np.save(tmp / "embeddings.npy", matrix)
-        vectors.save(str(tmp / "word2vec.kv"))
+        vectors.save_word2vec_format(str(tmp / "word2vec.bin"), binary=True)
         stats["seconds"]["total"] = round(time.perf_counter() - started, 2)
         atomic_write_text(tmp / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False))
         manifest = {

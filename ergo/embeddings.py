@@ -33,18 +33,28 @@ def load_pretrained(path: Path) -> KeyedVectors:
     if not path.is_file():
         raise ErgoError(f"no such embeddings file: {path}")
     binary = path.suffix.lower() == ".bin"
-    no_header = False
-    if not binary:
-        with open(path, "rb") as f:
-            first = f.readline().split()
-        # word2vec text files start with "<count> <dim>"; GloVe files start with a word and its vector.
-        no_header = not (len(first) == 2 and all(x.isdigit() for x in first))
+    with open(path, "rb") as f:
+        first = f.readline(1 << 16).split()
+    # word2vec files start with "<count> <dim>"; GloVe files start with a word and its vector.
+    has_header = len(first) == 2 and all(x.isdigit() for x in first)
+    if has_header:
+        # gensim allocates count x dim floats before reading one: a header must fit in the file
+        count, dim, size = int(first[0]), int(first[1]), path.stat().st_size
+        if not 0 < count * dim * (4 if binary else 2) <= size:
+            raise ErgoError(f"{path}: its header promises {count:,} vectors of {dim:,} numbers, which a file of "
+                            f"{size:,} bytes cannot hold; not a word2vec file")
+    elif binary or not first:
+        raise ErgoError(f"{path}: not a word2vec or GloVe file (its first line is not '<count> <dim>' or a word "
+                        f"and its vector)")
     from gensim.models import KeyedVectors
     try:
-        return KeyedVectors.load_word2vec_format(str(path), binary=binary, no_header=no_header,
-                                                 unicode_errors="replace")
+        vectors = KeyedVectors.load_word2vec_format(str(path), binary=binary, no_header=not has_header,
+                                                    unicode_errors="replace")
     except (ValueError, EOFError, UnicodeDecodeError) as e:
         raise ErgoError(f"{path}: not a word2vec or GloVe file ({e})") from None
+    if not len(vectors) or not vectors.vector_size:
+        raise ErgoError(f"{path}: holds no word vectors")
+    return vectors
 
 
 def embedding_matrix(vectors: KeyedVectors, vocab: Vocab, seed: int) -> tuple[np.ndarray, float]:

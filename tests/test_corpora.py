@@ -143,3 +143,12 @@ def test_malformed_yaml_names_the_line(tmp_path):
     path.write_text("conversations:\n- - Hello\n  - [unclosed\n", encoding="utf-8")
     with pytest.raises(CorpusError, match=r"bad\.yml:\d+: not valid YAML"):
         read_all(path)
+
+
+def test_yaml_turns_are_text_whatever_they_look_like(tmp_path):
+    path = tmp_path / "t.yml"
+    path.write_text("conversations:\n- - yes\n  - '1:20'\n  - 1:20\n  - 2001-13-01\n  - !!int abc\n- - [nested]\n  - hi\n",
+                    encoding="utf-8")
+    _, convs, log = read_all(path)
+    assert convs == [["yes", "1:20", "1:20", "2001-13-01", "abc"]]
+    assert log.skipped["yaml conversation that is not a list of turns"] == 1

@@ -1,14 +1,20 @@
 """Downloads against a real HTTP server on 127.0.0.1 that serves archives in the publishers' exact layouts.
 
 The server honours Range requests the way Apache does and can cut the connection part way, so resuming
-is tested over real sockets. Nothing here contacts any address other than 127.0.0.1.
+is tested over real sockets; it also serves https with a certificate made for the test, and hostile
+archives (links, `..` and absolute names, devices, bombs, too many members). Nothing here contacts any
+address other than 127.0.0.1.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import re
+import shutil
 import socket
+import ssl
+import stat
+import subprocess
 import tarfile
 import threading
 import time
@@ -88,6 +94,12 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server
         rng = self.headers.get("Range")
         srv.requests.append((self.path, rng))
+        if self.path in srv.redirects:
+            self.send_response(302)
+            self.send_header("Location", srv.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         data = srv.files.get(self.path)
         if data is None:
             self.send_error(404)
@@ -121,14 +133,47 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server():
+def _serve(tls: ssl.SSLContext | None = None):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    if tls is not None:
+        srv.socket = tls.wrap_socket(srv.socket, server_side=True)
     srv.files = {"/cornell.zip": CORNELL_ZIP, "/ubuntu.tgz": UBUNTU_TGZ}
-    srv.requests, srv.cut_after, srv.stall, srv.ranges = [], None, 0, True
-    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.requests, srv.cut_after, srv.stall, srv.ranges, srv.redirects = [], None, 0, True, {}
+    srv.base = f"{'https' if tls else 'http'}://127.0.0.1:{srv.server_address[1]}"
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
+    return srv
+
+
+@pytest.fixture
+def server():
+    srv = _serve()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(folder / "key.pem"),
+                    "-out", str(folder / "cert.pem")], check=True, capture_output=True)
+    return folder / "cert.pem", folder / "key.pem"
+
+
+@pytest.fixture
+def https_server(certificate, monkeypatch):
+    """The same server behind TLS; the client trusts its certificate through SSL_CERT_FILE, as OpenSSL
+    reads it for every new connection, so the download code runs exactly as it does against a publisher."""
+    cert, key = certificate
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    srv = _serve(tls)
     yield srv
     srv.shutdown()
     srv.server_close()
@@ -253,14 +298,14 @@ def test_ctrl_c_mid_download_keeps_the_part_file(server, tmp_path, monkeypatch):
 
 
 def test_ctrl_c_mid_unpack_leaves_no_folder(server, tmp_path, monkeypatch):
-    extract = zipfile.ZipFile.extract
+    open_member = zipfile.ZipFile.open
 
-    def interrupted(self, member, path=None, pwd=None):
+    def interrupted(self, member, *args, **kwargs):
         if str(getattr(member, "filename", member)).endswith("movie_conversations.txt"):
             raise KeyboardInterrupt
-        return extract(self, member, path, pwd)
+        return open_member(self, member, *args, **kwargs)
 
-    monkeypatch.setattr(zipfile.ZipFile, "extract", interrupted)
+    monkeypatch.setattr(zipfile.ZipFile, "open", interrupted)
     with pytest.raises(KeyboardInterrupt):
         download(_cornell(server), tmp_path, progress=False)
     assert _leftovers(tmp_path) == []
@@ -334,10 +379,127 @@ def test_zip_with_a_parent_member_is_refused(server, tmp_path):
 
 def test_tar_with_a_parent_member_is_refused(server, tmp_path):
     server.files["/ubuntu.tgz"] = _tgz({"dialogs/3/1.tsv": b"x\n", "../evil.tsv": b"gotcha\n"})
-    with pytest.raises(DownloadError, match="cannot unpack"):
+    with pytest.raises(DownloadError, match="unsafe member '../evil.tsv'"):
         download(_ubuntu(server), tmp_path / "corpora", progress=False)
     assert not (tmp_path / "evil.tsv").exists()
     assert _leftovers(tmp_path / "corpora") == []
+
+
+def _tar_member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = "") -> tuple:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, link, len(data)
+    return info, data
+
+
+def _tgz_of(*members: tuple) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for info, data in members:
+            t.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buf.getvalue()
+
+
+GOOD = _tar_member("dialogs/3/1.tsv", data=b"2004-11-23T11:49:00.000Z\ta\t\thi\n")
+
+
+@pytest.mark.parametrize("hostile,message", [
+    # a link to anywhere, then a file written "through" it: tarfile's own filter is what CVE-2025-4517 bypassed
+    ((_tar_member("dialogs/out", tarfile.SYMTYPE, link="../../.."), _tar_member("dialogs/out/evil.tsv", data=b"x")),
+     "'dialogs/out', which is a link"),
+    ((_tar_member("dialogs/hard", tarfile.LNKTYPE, link="/etc/passwd"),), "'dialogs/hard', which is a link"),
+    ((_tar_member("dialogs/tty", tarfile.CHRTYPE),), "'dialogs/tty', which is a device or fifo"),
+    ((_tar_member("dialogs/pipe", tarfile.FIFOTYPE),), "'dialogs/pipe', which is a device or fifo"),
+    ((_tar_member("/tmp/ergo-evil.tsv", data=b"x"),), "unsafe member '/tmp/ergo-evil.tsv'"),
+    ((_tar_member("dialogs/../../evil.tsv", data=b"x"),), "unsafe member 'dialogs/../../evil.tsv'"),
+    ((_tar_member("..\\..\\evil.tsv", data=b"x"),), "unsafe member"),
+    ((_tar_member("dialogs/3/1.tsv", data=b"again"),), "holds 'dialogs/3/1.tsv' twice"),
+])
+def test_hostile_tar_members_are_refused_and_nothing_is_left(server, tmp_path, hostile, message):
+    server.files["/ubuntu.tgz"] = _tgz_of(GOOD, *hostile)
+    root = tmp_path / "corpora"
+    with pytest.raises(DownloadError, match=message) as err:
+        download(_ubuntu(server, expected_files={}), root, progress=False)
+    assert "\n" not in str(err.value) and "not unpacked" in str(err.value)
+    assert _leftovers(root) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpora"]
+    assert not Path("/tmp/ergo-evil.tsv").exists()
+
+
+def test_a_tar_bomb_stops_at_the_byte_cap(server, tmp_path):
+    bomb = _tar_member("dialogs/3/2.tsv", data=b"\0" * (8 << 20))  # 8 MiB of zeros: about 8 kB gzipped
+    server.files["/ubuntu.tgz"] = _tgz_of(GOOD, bomb)
+    assert len(server.files["/ubuntu.tgz"]) < 64 << 10
+    with pytest.raises(DownloadError, match=r"unpacks to more than 1,048,576 bytes \(at 'dialogs/3/2.tsv'\)"):
+        download(_ubuntu(server, expected_files={}, max_bytes=1 << 20), tmp_path, progress=False)
+    assert _leftovers(tmp_path) == []
+
+
+def test_too_many_members_are_refused(server, tmp_path):
+    server.files["/ubuntu.tgz"] = _tgz({f"dialogs/3/{i}.tsv": b"x\n" for i in range(20)})
+    with pytest.raises(DownloadError, match="holds more than 10 members"):
+        download(_ubuntu(server, expected_files={}, max_members=10), tmp_path, progress=False)
+    assert _leftovers(tmp_path) == []
+    server.files["/cornell.zip"] = _zip({f"{CORNELL_DIR}/{i}.txt": b"x" for i in range(20)})
+    with pytest.raises(DownloadError, match="holds more than 10 members"):
+        download(_cornell(server, expected_lines={}, max_members=10), tmp_path, progress=False)
+
+
+def test_a_tar_with_a_root_folder_entry_unpacks(server, tmp_path):
+    server.files["/ubuntu.tgz"] = _tgz_of(_tar_member("./", tarfile.DIRTYPE), _tar_member("./dialogs", tarfile.DIRTYPE),
+                                          _tar_member("./dialogs/3/1.tsv", data=b"x\n"))
+    dest = download(_ubuntu(server, expected_files={"**/*.tsv": 1}), tmp_path, progress=False)
+    assert (dest / "dialogs" / "3" / "1.tsv").read_bytes() == b"x\n"
+
+
+def _zip_with(name: str, data: bytes = b"x", mode: int | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(f"{CORNELL_DIR}/movie_lines.txt", _text(MOVIE_LINES))
+        info = zipfile.ZipInfo(name)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        if mode is not None:
+            info.create_system, info.external_attr = 3, mode << 16
+        z.writestr(info, data)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("archive,message", [
+    (_zip_with(f"{CORNELL_DIR}/link", b"/etc/passwd", stat.S_IFLNK | 0o777), "which is a link or a device"),
+    (_zip_with("/tmp/ergo-evil.txt"), "unsafe member '/tmp/ergo-evil.txt'"),
+    (_zip_with("..\\evil.txt"), "unsafe member '../evil.txt'"),
+    (_zip_with("C:/evil.txt"), "unsafe member 'C:/evil.txt'"),
+    (_zip_with(f"{CORNELL_DIR}/bomb.txt", b"\0" * (8 << 20)), "unpacks to more than 1,048,576 bytes"),
+])
+def test_hostile_zip_members_are_refused_before_anything_is_written(server, tmp_path, archive, message):
+    server.files["/cornell.zip"] = archive
+    with pytest.raises(DownloadError, match=message):
+        download(_cornell(server, expected_lines={}, max_bytes=1 << 20), tmp_path / "corpora", progress=False)
+    assert _leftovers(tmp_path / "corpora") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpora"]
+    assert not Path("/tmp/ergo-evil.txt").exists()
+
+
+def test_download_over_https_checks_the_pinned_sha256(https_server, tmp_path):
+    src = _cornell(https_server, sha256=hashlib.sha256(CORNELL_ZIP).hexdigest())
+    assert src.url.startswith("https://127.0.0.1:")
+    dest = download(src, tmp_path, progress=False)
+    assert (dest / CORNELL_DIR / "movie_lines.txt").read_text("iso-8859-1").splitlines() == MOVIE_LINES
+
+
+def test_a_redirect_from_https_to_http_is_refused(https_server, server, tmp_path):
+    https_server.redirects["/cornell.zip"] = f"{server.base}/cornell.zip"
+    with pytest.raises(DownloadError, match=r"redirected to http://127\.0\.0\.1:\d+/cornell\.zip, which is not https"):
+        download(_cornell(https_server), tmp_path, progress=False)
+    assert server.requests == []  # the plain-http address was never asked
+    https_server.redirects["/cornell.zip"] = "/ubuntu.tgz"  # a redirect that stays on https is followed
+    download(_ubuntu(https_server, url=f"{https_server.base}/cornell.zip"), tmp_path, progress=False)
+
+
+def test_https_to_a_server_without_tls_is_one_clear_line(server, tmp_path):
+    src = _cornell(server, url=server.base.replace("http://", "https://") + "/cornell.zip")
+    with pytest.raises(DownloadError, match="cannot download https://127.0.0.1") as err:
+        download(src, tmp_path, progress=False, timeout=5)
+    assert "\n" not in str(err.value) and "by hand" in str(err.value)
 
 
 def test_source_lookup_and_official_addresses(tmp_path):
@@ -347,9 +509,11 @@ def test_source_lookup_and_official_addresses(tmp_path):
     with pytest.raises(ErgoError, match="known: cornell, ubuntu"):
         download("reddit", tmp_path)
     cornell, ubuntu = SOURCES["cornell"], SOURCES["ubuntu"]
-    assert cornell.url == "http://www.cs.cornell.edu/~cristian/data/cornell_movie_dialogs_corpus.zip"
+    assert cornell.url == "https://www.cs.cornell.edu/~cristian/data/cornell_movie_dialogs_corpus.zip"
     assert cornell.expected_lines == {"movie_lines.txt": 304_713, "movie_conversations.txt": 83_097}
-    assert ubuntu.url == "http://cs.mcgill.ca/~jpineau/datasets/ubuntu-corpus-1.0/ubuntu_dialogs.tgz"
+    assert cornell.sha256 == "3bde8a571f615201bc2d2453e22878090719638592f774720eddec739de8c900"
+    assert ubuntu.url == "https://dataset.cs.mcgill.ca/ubuntu-corpus-1.0/ubuntu_dialogs.tgz"
     assert ubuntu.expected_files == {"**/*.tsv": 900_000}
-    assert cornell.sha256 is None and ubuntu.sha256 is None
+    assert ubuntu.sha256 is None  # McGill publishes none
+    assert cornell.max_members < ubuntu.max_members and cornell.max_bytes < ubuntu.max_bytes
     assert cornell.url in cornell.manual and "corpora/cornell/" in cornell.manual and "--corpus" in cornell.manual

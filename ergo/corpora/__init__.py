@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 from ..errors import CorpusError
 from . import chitchat, cornell, ubuntu, user
-from .base import Conversation, ReadLog
+from .base import MAX_LINE_BYTES, Conversation, ReadLog
 
 Reader = Callable[..., Iterator[Conversation]]
 
@@ -53,8 +53,9 @@ READERS: dict[str, Reader] = {
 
 
 def _first_line(path: Path) -> str:
+    """The first line with text (its first MAX_LINE_BYTES), to tell formats apart."""
     with open(path, "rb") as f:
-        for raw in f:
+        while raw := f.readline(MAX_LINE_BYTES):
             if raw.strip():
                 return raw.decode("utf-8", "replace").lstrip("\ufeff").strip()
     return ""

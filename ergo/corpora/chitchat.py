@@ -12,6 +12,8 @@ from typing import Iterator
 from ..errors import CorpusError
 from .base import Conversation, ReadLog, read_text
 
+MAX_JSON_BYTES = 256 << 20  # parsed whole, at about 10x its size in memory; the package's own is 40 MB
+
 
 def package_file() -> Path:
     try:
@@ -23,10 +25,13 @@ def package_file() -> Path:
 
 def read(path: Path | None, log: ReadLog, encoding: str | None = None) -> Iterator[Conversation]:
     path = Path(path) if path else package_file()
+    text = read_text(path, encoding or "utf-8", MAX_JSON_BYTES, "JSON")
     try:
-        data = json.loads(read_text(path, encoding or "utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise CorpusError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except (RecursionError, ValueError) as e:  # nesting past the parser's depth; an integer of 4,300+ digits
+        raise CorpusError(f"{path}: not a chitchat-dataset file ({type(e).__name__}: {str(e)[:80]})") from None
     if not isinstance(data, dict):
         raise CorpusError(f"{path}: expected an object of conversations like chitchat-dataset's dataset.json")
     for key, conversation in data.items():

@@ -34,7 +34,7 @@ def read(path: Path, log: ReadLog, encoding: str | None = None) -> Iterator[Conv
     encoding = encoding or ENCODING
 
     texts: dict[str, str] = {}
-    for number, line in iter_lines(lines_file, encoding):
+    for number, line in iter_lines(lines_file, encoding, log):
         fields = line.split(SEP)
         if len(fields) != 5 or not fields[0].startswith("L"):
             log.skip("malformed line in movie_lines.txt", f"{lines_file.name}:{number}")
@@ -42,7 +42,7 @@ def read(path: Path, log: ReadLog, encoding: str | None = None) -> Iterator[Conv
         texts[fields[0].strip()] = fields[4]
         log.utterances += 1
 
-    for number, line in iter_lines(conversations_file, encoding):
+    for number, line in iter_lines(conversations_file, encoding, log):
         fields = line.split(SEP)
         where = f"{conversations_file.name}:{number}"
         if len(fields) != 4 or not _LINE_IDS.match(fields[3].strip()):

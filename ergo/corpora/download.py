@@ -2,15 +2,28 @@
 
 A download of hundreds of megabytes gets cut off, so it goes to a `.part` file that the next try
 resumes with an HTTP Range request. The archive is unpacked into a temp folder that replaces the
-corpus folder only once the integrity check (line and file counts from the publishers' own figures)
-has passed: a crash, a Ctrl-C or a bad archive never leaves a half-unpacked corpus behind.
-Neither publisher gives a checksum, so the counts are what tells a complete corpus from a truncated one.
+corpus folder only once the integrity check has passed: a crash, a Ctrl-C or a bad archive never
+leaves a half-unpacked corpus behind.
+
+Trust: both addresses are https, and a redirect that leaves https is refused. Cornell's archive is
+pinned by sha256 (the digest that independent projects record for that exact URL); McGill publishes
+no checksum for Ubuntu's and none could be confirmed here, so it has none, and https with the file
+counts from the paper is what checks it. The line and file counts from the publishers' own figures
+then tell a complete corpus from a truncated one.
+
+Unpacking does not rely on tarfile's extraction filters, which unpatched Pythons (3.11.7 among them:
+CVE-2025-4517 and its siblings) let crafted archives bypass. It reads member data only
+(tarfile.extractfile, zipfile.open) and writes every file itself: only regular files and folders, at
+relative names without `..`, drive letters or backslashes, each created anew (never through an
+existing path), within a cap on bytes written and on members. So it is safe on any Python 3.10+, and
+--download keeps working on the Pythons it would otherwise have to refuse.
 """
 from __future__ import annotations
 
 import http.client
 import os
 import re
+import stat
 import sys
 import tarfile
 import urllib.error
@@ -37,7 +50,9 @@ class Source:
     name: str                  # the folder it lands in: <dest_root>/<name>/
     url: str
     archive: str               # file name of the downloaded archive (.zip, .tgz, .tar.gz ...)
-    sha256: str | None = None  # None where the publisher gives none
+    sha256: str | None = None  # None where no checksum of the official archive is known
+    max_bytes: int = 1 << 30   # the most it may unpack to: a decompression bomb stops there
+    max_members: int = 100_000  # the most files and folders it may hold
     # a file name found anywhere under the unpacked folder -> its exact number of lines
     expected_lines: dict[str, int] = field(default_factory=dict)
     # a glob relative to the unpacked folder -> the fewest files it must match
@@ -51,18 +66,22 @@ class Source:
 
 SOURCES: dict[str, Source] = {
     # The corpus README gives 304,713 utterances, one a line of movie_lines.txt; movie_conversations.txt
-    # holds 83,097 conversations, one a line.
+    # holds 83,097 conversations, one a line. The ~9.5 MB zip unpacks to tens of MB in a dozen files.
     "cornell": Source(
         name="cornell",
-        url="http://www.cs.cornell.edu/~cristian/data/cornell_movie_dialogs_corpus.zip",
+        url="https://www.cs.cornell.edu/~cristian/data/cornell_movie_dialogs_corpus.zip",
         archive="cornell_movie_dialogs_corpus.zip",
+        sha256="3bde8a571f615201bc2d2453e22878090719638592f774720eddec739de8c900",
+        max_bytes=256 << 20, max_members=1_000,
         expected_lines={"movie_lines.txt": 304_713, "movie_conversations.txt": 83_097},
     ),
     # The paper gives about 930,000 dialogues, one .tsv file each; fewer than 900,000 means a cut archive.
+    # The ~550 MB tgz is chat text, which gzip shrinks a few times over; 8 GiB is about 15x the archive.
     "ubuntu": Source(
         name="ubuntu",
-        url="http://cs.mcgill.ca/~jpineau/datasets/ubuntu-corpus-1.0/ubuntu_dialogs.tgz",
+        url="https://dataset.cs.mcgill.ca/ubuntu-corpus-1.0/ubuntu_dialogs.tgz",
         archive="ubuntu_dialogs.tgz",
+        max_bytes=8 << 30, max_members=2_000_000,
         expected_files={"**/*.tsv": 900_000},
     ),
 }
@@ -102,7 +121,10 @@ def download(source: Source | str, dest_root: Path = Path("corpora"), *, progres
         _fetch(src, part, dest, progress, timeout)
         os.replace(part, archive)
 
-    if src.sha256 and (digest := sha256_file(archive)) != src.sha256.lower():
+    digest = sha256_file(archive)
+    if src.sha256 is None:
+        _say(progress, f"{src.name}: no published sha256 to check {archive.name} against (its sha256 is {digest})")
+    elif digest != src.sha256.lower():
         archive.unlink()  # a wrong archive would fail the same way on every later try
         raise DownloadError(f"{src.name}: {archive.name} has sha256 {digest}, expected {src.sha256}; "
                             f"the file was removed, run --download {src.name} again")
@@ -117,6 +139,19 @@ def download(source: Source | str, dest_root: Path = Path("corpora"), *, progres
     return dest
 
 
+class _KeepHttps(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only where it keeps https: a hop to plain http would undo what https checks."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if req.full_url.lower().startswith("https:") and not newurl.lower().startswith("https:"):
+            raise urllib.error.HTTPError(newurl, code, f"redirected to {newurl}, which is not https; refused",
+                                         headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_KeepHttps)
+
+
 def _fetch(src: Source, part: Path, dest: Path, progress: bool, timeout: float) -> None:
     """Bring `part` up to the whole file at src.url, resuming from the bytes it already holds."""
     have = part.stat().st_size if part.exists() else 0
@@ -124,7 +159,7 @@ def _fetch(src: Source, part: Path, dest: Path, progress: bool, timeout: float) 
     if have:
         headers["Range"] = f"bytes={have}-"
     try:
-        response = urllib.request.urlopen(urllib.request.Request(src.url, headers=headers), timeout=timeout)
+        response = _OPENER.open(urllib.request.Request(src.url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as e:
         _, total = _content_range((e.headers or {}).get("Content-Range", ""))
         if e.code == 416 and have and total in (None, have):
@@ -172,27 +207,109 @@ def _content_range(value: str) -> tuple[int | None, int | None]:
     return (int(m[1]) if m[1] else None), (int(m[2]) if m[2] != "*" else None)
 
 
+class _Unpacker:
+    """Writes an archive's members under `root`, checking each name and kind and the running totals."""
+
+    def __init__(self, src: Source, archive: Path, root: Path):
+        self.src, self.archive, self.root = src, archive, root
+        self.members = self.bytes = 0
+        self.made: set[Path] = set()  # folders made so far: one mkdir each, not one per file
+
+    def refuse(self, what: str) -> DownloadError:
+        return DownloadError(f"{self.src.name}: {self.archive.name} {what}; it was not unpacked (delete it and "
+                             f"run --download {self.src.name} again, or unpack it by hand)")
+
+    def target(self, name: str, folder: bool = False) -> Path:
+        """Where a member called `name` lands: a relative name of plain parts, or it is refused. Only a
+        folder may be the archive's root itself ("./")."""
+        parts = PurePosixPath(name).parts
+        if (not (parts or folder) or name.startswith("/") or "\\" in name or "\0" in name or ".." in parts
+                or re.match(r"[A-Za-z]:", name)):
+            raise self.refuse(f"holds an unsafe member {name!r}")
+        self.members += 1
+        if self.members > self.src.max_members:
+            raise self.refuse(f"holds more than {self.src.max_members:,} members")
+        return self.root.joinpath(*parts)
+
+    def claim(self, name: str, size: int) -> None:
+        """Count `size` more bytes towards the cap (declared sizes before writing, real bytes while)."""
+        self.bytes += size
+        if self.bytes > self.src.max_bytes:
+            raise self.refuse(f"unpacks to more than {self.src.max_bytes:,} bytes (at {name!r})")
+
+    def _mkdir(self, path: Path) -> None:
+        if path not in self.made:
+            path.mkdir(parents=True, exist_ok=True)
+            self.made.add(path)
+
+    def folder(self, name: str) -> None:
+        self._mkdir(self.target(name, folder=True))
+
+    def file(self, name: str, stream) -> None:
+        """A new regular file from `stream`; "xb" never writes through a path that already exists."""
+        path = self.target(name)
+        self._mkdir(path.parent)
+        try:
+            out = open(path, "xb")
+        except FileExistsError:
+            raise self.refuse(f"holds {name!r} twice") from None
+        with out:
+            while chunk := stream.read(_CHUNK):
+                self.claim(name, len(chunk))
+                out.write(chunk)
+
+
 def _unpack(src: Source, archive: Path, into: Path, progress: bool) -> None:
-    """Unpack a zip or tar archive into `into`, refusing any member that would land outside it."""
+    """Unpack a zip or tar archive into `into`, with names, kinds and sizes checked as described above."""
+    unpacker = _Unpacker(src, archive, into)
     try:
         if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as z:
-                members = z.infolist()
-                for info in members:
-                    name = PurePosixPath(info.filename.replace("\\", "/"))
-                    if name.is_absolute() or ".." in name.parts or re.match(r"[A-Za-z]:", info.filename):
-                        raise DownloadError(f"{src.name}: {archive.name} holds an unsafe member "
-                                            f"{info.filename!r}; nothing was unpacked")
-                for info in tqdm(members, desc="unpacking", unit=" files", disable=not progress, mininterval=0.5):
-                    if not info.filename.startswith("__MACOSX/"):  # resource forks of the Mac that zipped it
-                        z.extract(info, into)
+            _unpack_zip(unpacker, progress)
         else:
-            with tarfile.open(archive, "r:*") as t:
-                for member in tqdm(t, desc="unpacking", unit=" files", disable=not progress, mininterval=0.5):
-                    t.extract(member, into, filter="data")  # refuses absolute paths, `..`, links outside
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            _unpack_tar(unpacker, progress)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError, NotImplementedError) as e:
         raise DownloadError(f"{src.name}: cannot unpack {archive} ({e}); if the archive is damaged, "
                             f"delete it and run --download {src.name} again") from None
+
+
+def _unpack_zip(unpacker: _Unpacker, progress: bool) -> None:
+    """A zip lists every member up front, so all are checked before anything is written."""
+    with zipfile.ZipFile(unpacker.archive) as z:
+        members = z.infolist()
+        declared = _Unpacker(unpacker.src, unpacker.archive, unpacker.root)
+        for info in members:
+            info.filename = info.filename.replace("\\", "/")  # written by a Windows zipper
+            declared.target(info.filename, folder=info.is_dir())
+            if stat.S_IFMT(info.external_attr >> 16) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type given
+                raise unpacker.refuse(f"holds {info.filename!r}, which is a link or a device, not a file")
+            if info.flag_bits & 0x1:
+                raise unpacker.refuse(f"holds {info.filename!r} encrypted")
+            declared.claim(info.filename, info.file_size)
+        for info in tqdm(members, desc="unpacking", unit=" files", disable=not progress, mininterval=0.5):
+            if info.filename.startswith("__MACOSX/"):  # resource forks of the Mac that zipped it
+                continue
+            if info.is_dir():
+                unpacker.folder(info.filename)
+            else:
+                with z.open(info) as stream:
+                    unpacker.file(info.filename, stream)
+
+
+def _unpack_tar(unpacker: _Unpacker, progress: bool) -> None:
+    """A tar is read as a stream, member by member; a refused member stops it, and the temp folder it
+    was unpacking into is removed, so a bad member after good ones leaves nothing either."""
+    with tarfile.open(unpacker.archive, "r|*") as t, \
+            tqdm(desc="unpacking", unit=" files", disable=not progress, mininterval=0.5) as bar:
+        while (member := t.next()) is not None:
+            t.members.clear()  # tarfile keeps every member it has read: hundreds of MB for Ubuntu's 930,000
+            if member.isdir():
+                unpacker.folder(member.name)
+            elif member.isreg():
+                unpacker.file(member.name, t.extractfile(member))
+            else:
+                kind = "a link" if member.issym() or member.islnk() else "a device or fifo"
+                raise unpacker.refuse(f"holds {member.name!r}, which is {kind}, not a file")
+            bar.update()
 
 
 def _problems(src: Source, root: Path) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from ..errors import CorpusError
-from .base import Conversation, ReadLog, iter_lines
+from .base import MAX_LINE_BYTES, Conversation, ReadLog, iter_lines
 
 EOU, EOT = "__eou__", "__eot__"
 REPLY_COLUMNS = ("Utterance", "Ground Truth Utterance")
@@ -26,7 +26,7 @@ def is_v2_csv(path: Path) -> bool:
     if path.suffix.lower() != ".csv" or not path.is_file():
         return False
     with open(path, "rb") as f:
-        header = f.readline().decode("utf-8", "replace")
+        header = f.readline(MAX_LINE_BYTES).decode("utf-8", "replace")
     return "Context" in header and any(c in header for c in REPLY_COLUMNS)
 
 
@@ -57,7 +57,7 @@ def read(path: Path, log: ReadLog, encoding: str | None = None) -> Iterator[Conv
 def _read_v1_dialog(file: Path, log: ReadLog, encoding: str) -> Conversation:
     turns: list[str] = []
     last_sender = None
-    for number, line in iter_lines(file, encoding):
+    for number, line in iter_lines(file, encoding, log):
         fields = line.split("\t", 3)
         if len(fields) != 4:
             log.skip("malformed line in an Ubuntu dialog (needs time, sender, recipient, text)",
@@ -87,7 +87,7 @@ def _turns(context: str) -> list[str]:
 
 def _read_v2(file: Path, log: ReadLog, encoding: str) -> Iterator[Conversation]:
     csv.field_size_limit(sys.maxsize)
-    lines = iter_lines(file, encoding)
+    lines = iter_lines(file, encoding, log)
     rows = csv.reader(line for _, line in lines)
     header = next(rows, [])
     reply_col = next((c for c in REPLY_COLUMNS if c in header), None)
