@@ -104,6 +104,13 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
+def worker_pids(server_pid: int) -> set[str]:
+    """The server's gunicorn workers: the children of its master but its redis-server (X-Ergo-Worker names a
+    worker by a random id, not by its pid)."""
+    from web_faults import children  # it builds on this module: imported here, not at the top
+    return {str(pid) for pid in children(server_pid) if Path(f"/proc/{pid}/comm").read_text().strip() != "redis-server"}
+
+
 def cpu_seconds(pids: set[str]) -> float:
     """User + system CPU time the worker processes have used so far."""
     total = 0
@@ -113,11 +120,17 @@ def cpu_seconds(pids: set[str]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def memory(pid: str) -> str:
-    """RSS, and PSS: RSS with the pages shared with the other workers (TensorFlow's library) split among them."""
+def rss_pss(pid: str) -> tuple[float, float]:
+    """RSS and PSS in MB; PSS is RSS with the pages shared with the other workers (TensorFlow's library)
+    split among them."""
     rss = int(re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text()).group(1))
     pss = int(re.search(r"Pss:\s+(\d+) kB", Path(f"/proc/{pid}/smaps_rollup").read_text()).group(1))
-    return f"RSS {rss / 1024:.0f} MB, PSS {pss / 1024:.0f} MB (pid {pid})"
+    return rss / 1024, pss / 1024
+
+
+def memory(pid: str) -> str:
+    rss, pss = rss_pss(pid)
+    return f"RSS {rss:.0f} MB, PSS {pss:.0f} MB (pid {pid})"
 
 
 def main() -> None:
@@ -138,7 +151,8 @@ def main() -> None:
             def chat(client, i):
                 return client.request("POST", "/api/chat", {"message": MESSAGES[i % len(MESSAGES)], **body})
 
-            _, _, workers = load(address, args.concurrency, 3, chat)  # warm-up (and find the workers)
+            load(address, args.concurrency, 3, chat)  # warm-up
+            workers = worker_pids(proc.pid)
             cpu = cpu_seconds(workers)
             lat, errors, _ = load(address, args.concurrency, args.seconds, chat)
             chat_cpu, cpu = cpu_seconds(workers) - cpu, cpu_seconds(workers)

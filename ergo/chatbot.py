@@ -55,40 +55,60 @@ class Reply:
     settings: dict = field(default_factory=dict)  # the settings in force
 
 
+# What a web client may ask (a Chatbot made with web=True): each setting that shapes a compiled search takes
+# one of a few values, and the widest searches stop sooner, so a stranger can neither have a worker trace
+# search after search (a second each, holding the model) nor ask for the costliest replies.
+WEB_CHOICES = {"beam_size": (3, 5, 10), "samples": (1, 5, 10), "max_len": (10, 20, 40), "top_k": (0, 10, 40, 100)}
+WEB_STEPS = 200  # on the web, the decoder's width (beam_size or samples) x max_len is at most this
+# Compiled searches a web worker keeps (decoding.SEARCHES elsewhere): the default settings need one or two,
+# and 40 distinct settings grew two workers by ~70 MB in all with 2 (by 210 MB with 4: docs/RELIABILITY.md).
+WEB_SEARCHES = 2
+
+
+def _on_the_web(name: str) -> str:
+    *most, last = map(str, WEB_CHOICES[name])
+    return f" (web clients: {', '.join(most)} or {last})"
+
+
 # name -> (type, default, check, what a valid value is). The default mode is the one that evaluated
 # best on the default corpus (highest distinct-n, lowest generic-reply rate: `main.py --evaluate`).
 SETTINGS = {
     "mode": (str, "retrieve", lambda v: v in MODES,
              "generate (the decoder's replies), retrieve (replies from the training corpus) or hybrid (both)"),
     "decoder": (str, "beam", lambda v: v in DECODERS, "greedy, beam or sample"),
-    "beam_size": (int, 5, lambda v: 1 <= v <= 16, "an integer from 1 to 16"),
+    "beam_size": (int, 5, lambda v: 1 <= v <= 16, "an integer from 1 to 16" + _on_the_web("beam_size")),
     "length_penalty": (float, 1.0, lambda v: 0.0 <= v <= 2.0,
                        "from 0 (rank by total log-probability: short replies win) to 2; 1 ranks by the "
                        "mean log-probability per word"),
     "mmi": (float, 1.0, lambda v: 0.0 <= v <= 1.0,
             "weight of the anti-language-model penalty from 0 (off) to 1: higher avoids generic replies"),
-    "max_len": (int, 20, lambda v: 1 <= v <= 100, "an integer from 1 to 100"),
+    "max_len": (int, 20, lambda v: 1 <= v <= 100, "an integer from 1 to 100" + _on_the_web("max_len")),
     "min_len": (int, 1, lambda v: 0 <= v <= 100, "an integer from 0 to 100, at most max_len"),
     "no_repeat_ngram": (int, 3, lambda v: 0 <= v <= 6, "0 (off) or n from 1 to 6: no n-gram twice in a reply"),
     "block_context_ngram": (int, 4, lambda v: 0 <= v <= 6,
                             "0 (off) or n from 1 to 6: no n-gram of the conversation repeated in the reply"),
     "temperature": (float, 0.8, lambda v: 0.05 <= v <= 5.0, "sampling temperature from 0.05 to 5"),
-    "top_k": (int, 40, lambda v: 0 <= v <= 1000, "sample among the k likeliest words: 0 (all) to 1000"),
+    "top_k": (int, 40, lambda v: 0 <= v <= 1000,
+              "sample among the k likeliest words: 0 (all) to 1000" + _on_the_web("top_k")),
     "top_p": (float, 0.9, lambda v: 0.0 < v <= 1.0, "sample among the likeliest words holding this share "
                                                      "of probability, above 0 and up to 1"),
-    "samples": (int, 5, lambda v: 1 <= v <= 32, "replies drawn by the sample decoder, then ranked: 1 to 32"),
+    "samples": (int, 5, lambda v: 1 <= v <= 32,
+                "replies drawn by the sample decoder, then ranked: 1 to 32" + _on_the_web("samples")),
     "seed": (int, -1, lambda v: v >= -1, "-1 for a new draw every reply, or a number to repeat a draw"),
     "candidates": (int, 10, lambda v: 1 <= v <= 100, "replies retrieved from the corpus: 1 to 100"),
 }
 
 
-def check_settings(settings: dict) -> dict:
-    """The full settings: defaults plus the given ones, each checked; a bad one is a clear ErgoError."""
+def check_settings(settings: dict, web: bool = False) -> dict:
+    """The full settings: defaults plus the given ones, each checked; a bad one is a clear ErgoError.
+    `web`: also within what a web client may ask (WEB_CHOICES, WEB_STEPS)."""
     out = {name: spec[1] for name, spec in SETTINGS.items()}
     for name, value in settings.items():
         if name not in SETTINGS:
             raise ErgoError(f"unknown setting {name!r}; known: {', '.join(SETTINGS)}")
         kind, _, ok, valid = SETTINGS[name]
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON has one kind of number: 5.0 is the integer 5
         if isinstance(value, bool) or not isinstance(value, kind) and not (kind is float and isinstance(value, int)):
             raise ErgoError(f"setting {name!r} must be {valid}, not {value!r}")
         if not ok(value):
@@ -96,6 +116,15 @@ def check_settings(settings: dict) -> dict:
         out[name] = float(value) if kind is float else value
     if out["min_len"] > out["max_len"]:
         raise ErgoError(f"setting 'min_len' ({out['min_len']}) must be at most max_len ({out['max_len']})")
+    if web:
+        for name, allowed in WEB_CHOICES.items():
+            if out[name] not in allowed:
+                raise ErgoError(f"setting {name!r} must be one of {', '.join(map(str, allowed))} for web clients, "
+                                f"not {out[name]!r}")
+        width = {"beam": "beam_size", "sample": "samples"}.get(out["decoder"])
+        if width and out[width] * out["max_len"] > WEB_STEPS:
+            raise ErgoError(f"{width} {out[width]} with max_len {out['max_len']} is more than web clients may ask: "
+                            f"{width} x max_len must be at most {WEB_STEPS}")
     return out
 
 
@@ -109,17 +138,20 @@ class Ranked:
 
 class Chatbot:
     def __init__(self, bundle: Bundle, blocklist: Path | None = None, shortlist: int | None = None,
-                 xla: bool = True):
+                 xla: bool = True, web: bool = False):
         """`blocklist`: the safety filter's file (default: the bundle's blocklist.txt, else ergo's own);
         `shortlist` and `xla`: see `Decoder` and `row_products` (default: shortlist large vocabularies
-        only; XLA on)."""
-        from .decoding import Decoder
+        only; XLA on); `web`: replies take only the settings a web client may ask (check_settings), and the
+        decoder keeps WEB_SEARCHES compiled searches."""
+        from .decoding import SEARCHES, Decoder
         self.bundle = bundle
+        self.web = web
         self.vocab = bundle.vocab
         self.model = bundle.build_model()
         own = bundle.path / "blocklist.txt"
         self.safety = SafetyFilter.load(blocklist if blocklist is not None else own if own.is_file() else None)
-        self.decoder = Decoder(self.model, banned=self.safety.banned_ids(self.vocab), shortlist=shortlist, xla=xla)
+        self.decoder = Decoder(self.model, banned=self.safety.banned_ids(self.vocab), shortlist=shortlist, xla=xla,
+                               searches=WEB_SEARCHES if web else SEARCHES)
         from .selector import Selector
         self.selector = Selector.load(bundle.path, self.vocab, xla=xla)
         self.selector_weight = selector_weight(bundle.path) if self.selector is not None else 0.0
@@ -128,8 +160,8 @@ class Chatbot:
 
     @classmethod
     def load(cls, path: Path, blocklist: Path | None = None, shortlist: int | None = None,
-             xla: bool = True) -> "Chatbot":
-        return cls(Bundle.load(path), blocklist, shortlist, xla)
+             xla: bool = True, web: bool = False) -> "Chatbot":
+        return cls(Bundle.load(path), blocklist, shortlist, xla, web)
 
     @property
     def name(self) -> str:
@@ -150,7 +182,7 @@ class Chatbot:
     def reply(self, history: Sequence[str], **settings) -> Reply:
         """A reply to the last turn of `history` (the conversation so far, oldest first)."""
         started = time.perf_counter()
-        settings = check_settings(settings)
+        settings = check_settings(settings, self.web)
         lowercase = self.bundle.data_config.lowercase
         if not history or not tokenize(str(history[-1]), lowercase):
             raise ErgoError("nothing to reply to: the last turn has no words")
@@ -162,7 +194,7 @@ class Chatbot:
         """A reply to a context of word ids (as `context` builds it); evaluation uses this directly.
         `avoid`: turns (word ids) the reply may not repeat, besides those of the context."""
         started = time.perf_counter() if started is None else started
-        settings = check_settings(settings)
+        settings = check_settings(settings, self.web)
         avoid = {tuple(t) for t in (*avoid, *_turns(context)) if t}
         shown = self._first_safe(self.candidates(context, settings, avoid))
         ranked_by = settings

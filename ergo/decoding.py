@@ -33,7 +33,10 @@ same for batches of any contexts (evaluation: recall@k, always over the full voc
 """
 from __future__ import annotations
 
+import ctypes
 import functools
+import gc
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -50,6 +53,11 @@ SHORTLIST = 4000   # frequent words every reply may use when the vocabulary is s
 CONTEXT_BUCKET = 8       # a search's context is left-padded to a multiple of this
 SHORTLIST_BUCKET = 256   # ... its shortlist (of SHORTLIST_BUCKET frequent words or more) filled to one of this
 TARGET_ROWS, TARGET_LENGTH = 4, 8   # ... and other candidates padded to multiples of these
+# Compiled searches a Decoder keeps, the least recently used dropped first: each shape of search holds
+# 15-25 MB of TensorFlow's memory (its graph and executor, the same at every preset) until it is dropped,
+# and is traced again (a second or two) when asked for after that.
+SEARCHES = 8
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; None elsewhere
 _NEG = float("-inf")
 
 
@@ -82,6 +90,15 @@ def _compile(fn, signature, jit: bool = False):
     return fn
 
 
+def _release() -> None:
+    """Give a dropped search's memory back to the system: its graph sits in reference cycles that only a
+    collection frees (quick where what was loaded before is frozen, gc.freeze, as the web app does), and
+    glibc keeps freed pages for reuse until trimmed (half of them, else: a worker grew 100 MB, not 35)."""
+    gc.collect()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def _round_up(n: int, bucket: int) -> int:
     return -(-n // bucket) * bucket
 
@@ -110,10 +127,11 @@ class Decoder:
     `shortlist`: the number of frequent words of a reply's shortlist; None picks SHORTLIST for a
     vocabulary over 2 x SHORTLIST words and the full vocabulary otherwise; 0 never shortlists.
     `xla`: compile the searches with XLA (faster once compiled; each new shape of inputs first costs a
-    compile of a second or two and some memory).
+    compile of a second or two and some memory). `searches`: how many compiled searches to keep (SEARCHES).
     """
 
-    def __init__(self, model, banned: Sequence[int] = (), shortlist: int | None = None, xla: bool = True):
+    def __init__(self, model, banned: Sequence[int] = (), shortlist: int | None = None, xla: bool = True,
+                 searches: int = SEARCHES):
         self.model = model
         self.vocab_size = int(model.vocab_size)
         self.banned = np.unique(np.asarray([*NEVER, *banned], dtype=np.int32))
@@ -129,8 +147,9 @@ class Decoder:
         if xla and self.shortlist_size:
             kernel = ops.convert_to_numpy(model.output_layer.kernel)
             self._frequent_kernel = ops.convert_to_tensor(np.ascontiguousarray(kernel[:, :self.shortlist_size]))
-        self._searches: dict = {}
-        self._scores: dict = {}
+        self._searches: OrderedDict = OrderedDict()  # key -> compiled search, the most recently used last
+        self.max_searches = searches
+        self._scores: dict = {}  # by shortlist or not: two at most
 
     def _frequent(self) -> np.ndarray:
         return np.arange(self.shortlist_size, dtype=np.int32)
@@ -187,11 +206,11 @@ class Decoder:
         compiled call that encodes the context once (no search)."""
         if not candidates:
             return []
-        key = ("rescore", shortlist is not None, anti_lm)
-        if key not in self._searches:
-            sig = [([None], "int32"), ([None], "int32"), ([None, None], "int32")] + [([None], "int32")] * (key[1])
-            self._searches[key] = _compile(functools.partial(self._rescore_graph, anti_lm=anti_lm), sig)
-        return self._run(self._searches[key], candidates, self._context(context), self.banned,
+        short = shortlist is not None
+        sig = [([None], "int32"), ([None], "int32"), ([None, None], "int32")] + [([None], "int32")] * short
+        fn = self._compiled(("rescore", short, anti_lm),
+                            lambda: _compile(functools.partial(self._rescore_graph, anti_lm=anti_lm), sig))
+        return self._run(fn, candidates, self._context(context), self.banned,
                          _targets([c.ids for c in candidates], [c.ended for c in candidates]), *self._ids(shortlist))
 
     def score(self, contexts: Sequence[np.ndarray], replies: Sequence[Sequence[int]],
@@ -263,8 +282,7 @@ class Decoder:
                 has_also: bool, top_k: int = 0):
         """The compiled search for one static shape (a partial, so that TensorFlow's retracing
         warning counts each shape apart instead of all of them as one function)."""
-        key = (kind, width, max_len, n_rep, n_ctx, short, anti_lm, has_also, top_k)
-        if key not in self._searches:
+        def build():
             shape = dict(width=width, max_len=max_len, n_rep=n_rep, n_ctx=n_ctx, anti_lm=anti_lm, has_also=has_also)
             if kind == "beam":
                 fn = functools.partial(self._beam_graph, **shape)
@@ -276,8 +294,20 @@ class Decoder:
                 fn = functools.partial(self._sample_graph, top_k=top_k, **shape)
                 sig = [([None], "int32"), ([], "int32"), ([], "float32"), ([], "float32"), ([], "int32")]
             sig += [([None], "int32"), ([None, None], "int32")] + [([None], "int32")] * short
-            self._searches[key] = _compile(fn, sig, jit=self.xla)
-        return self._searches[key]
+            return _compile(fn, sig, jit=self.xla)
+        return self._compiled((kind, width, max_len, n_rep, n_ctx, short, anti_lm, has_also, top_k), build)
+
+    def _compiled(self, key: tuple, build):
+        """The compiled search for `key`, made by `build()` unless kept; only the `max_searches` most
+        recently used are kept, so settings that vary without end cannot grow the memory without end."""
+        fn = self._searches.pop(key, None)
+        if fn is None:
+            fn = build()
+        self._searches[key] = fn  # now the most recently used
+        if len(self._searches) > self.max_searches:
+            self._searches.popitem(last=False)
+            _release()
+        return fn
 
     def _projection(self, ids, one_row: bool = False):
         """(kernels, bias) of the output layer, restricted to the shortlist's columns if there is one:

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from ergo.chatbot import SETTINGS, Chatbot, check_settings
+from ergo.chatbot import SETTINGS, WEB_CHOICES, Chatbot, check_settings
 from ergo.decoding import EMPTY_CONTEXT
 from ergo.errors import ErgoError
 from ergo.safety import FALLBACK_REPLY, SafetyFilter
@@ -37,6 +37,23 @@ def test_settings_are_checked_and_every_default_is_valid():
                        ({"min_len": 9, "max_len": 5}, "at most max_len")]:
         with pytest.raises(ErgoError, match=match):
             check_settings(bad)
+
+
+def test_web_clients_get_a_few_values_of_what_shapes_a_search_and_the_terminal_all():
+    assert check_settings({"max_len": 25, "beam_size": 16})["max_len"] == 25  # the terminal and the library
+    assert all(check_settings({}, web=True)[name] in allowed for name, allowed in WEB_CHOICES.items())
+    assert check_settings({"beam_size": 5, "max_len": 40}, web=True)["max_len"] == 40
+    assert check_settings({"decoder": "greedy", "beam_size": 10, "max_len": 40}, web=True)["beam_size"] == 10
+    for bad, match in [({"max_len": 25}, "'max_len' must be one of 10, 20, 40 for web clients, not 25"),
+                       ({"samples": 32}, "'samples' must be one of 1, 5, 10 for web clients"),
+                       ({"beam_size": 10, "max_len": 40}, "beam_size 10 with max_len 40 is more than web clients"),
+                       ({"decoder": "sample", "samples": 10, "max_len": 40}, "samples x max_len must be at most 200")]:
+        with pytest.raises(ErgoError, match=re.escape(match)):
+            check_settings(bad, web=True)
+    whole = check_settings({"min_len": 2.0, "seed": 7.0})  # JSON has one kind of number
+    assert (whole["min_len"], whole["seed"]) == (2, 7) and isinstance(whole["min_len"], int)
+    with pytest.raises(ErgoError, match="'min_len' must be"):
+        check_settings({"min_len": 2.5})
 
 
 def test_every_mode_and_decoder_replies(bot, monkeypatch):

@@ -3,20 +3,25 @@ the OpenAPI description, and the server's configuration. Behaviour under gunicor
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import re
 import stat
 
 import pytest
 
-from ergo.chatbot import SETTINGS
+from ergo.chatbot import SETTINGS, WEB_CHOICES, WEB_STEPS
 from ergo.errors import ErgoError
-from web.app import HERE, create_app
+from web.app import HERE, create_app, is_loopback, read_limit
 from web.config import WebConfig, secret_key
+
+READS = 8  # GETs a minute per client in these tests
 
 
 @pytest.fixture(scope="module")
 def app(tiny_bundle, redis_server):
-    return create_app(tiny_bundle, redis_server.url, "k" * 40, WebConfig(rate_limit="4 per minute"))
+    return create_app(tiny_bundle, redis_server.url, "k" * 40, WebConfig(rate_limit="4 per minute"),
+                      reads=f"{READS} per minute")
 
 
 ADDRESSES = itertools.count(2)
@@ -36,9 +41,66 @@ def test_too_many_requests_is_429_with_the_limit_stored_in_redis(client, redis_s
     r = client.post("/api/feedback", json={"turn": 2, "vote": "up"})  # writes share one limit
     assert r.status_code == 429
     assert "too many requests" in r.get_json()["error"] and r.headers["Retry-After"]
-    assert client.get("/api/history").status_code == 200  # reads are not limited
+    assert client.get("/api/history").status_code == 200  # reads have a limit of their own
     from web.store import connect
     assert any(connect(redis_server.url).scan_iter("ergo:limits:*"))
+
+
+def test_reads_have_a_limit_of_their_own_and_healthz_none(client):
+    codes = [client.get(path).status_code for path in ["/api/settings", "/api/history", "/"] * 3]
+    assert codes == [200] * READS + [429]
+    assert "too many requests" in client.get("/api/openapi.json").get_json()["error"]
+    assert client.get("/healthz").status_code == 200  # health checkers are never turned away
+    assert client.post("/api/reset", json={}).status_code == 200  # writes count apart
+
+
+def test_read_limit_comes_from_the_environment():
+    assert read_limit({}) == "300 per minute;6000 per hour"
+    assert read_limit({"ERGO_READ_LIMIT": " 5 per second "}) == "5 per second"
+    with pytest.raises(ErgoError, match="ERGO_READ_LIMIT is not a rate limit"):
+        read_limit({"ERGO_READ_LIMIT": "plenty"})
+
+
+def test_metrics_are_served_to_loopback_clients_only(app, client):
+    assert client.get("/metrics").status_code == 200
+    outside = app.test_client()
+    outside.environ_base["REMOTE_ADDR"] = "192.0.2.7"
+    r = outside.get("/metrics")
+    assert r.status_code == 403 and "loopback" in r.get_json()["error"]
+    assert [is_loopback(a) for a in ("127.0.0.9", "::1", "::ffff:127.0.0.1", "10.0.0.1", "::ffff:10.0.0.1", "", None)] \
+        == [True, True, True, False, False, False, False]
+
+
+def test_the_worker_header_tells_workers_apart_without_their_pid(app, client):
+    (worker,) = {client.get("/healthz").headers["X-Ergo-Worker"] for _ in range(3)}
+    assert re.fullmatch(r"[0-9a-f]{12}", worker) and str(os.getpid()) not in worker
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"max_len": 25}, "setting 'max_len' must be one of 10, 20, 40 for web clients, not 25"),
+    ({"beam_size": 16}, "setting 'beam_size' must be one of 3, 5, 10 for web clients, not 16"),
+    ({"decoder": "sample", "top_k": 50}, "setting 'top_k' must be one of 0, 10, 40, 100 for web clients, not 50"),
+    ({"beam_size": 10, "max_len": 40}, "beam_size 10 with max_len 40 is more than web clients may ask"),
+    ({"decoder": "sample", "samples": 10, "max_len": 40}, "samples x max_len must be at most 200"),
+])
+def test_web_clients_get_a_few_values_of_what_shapes_a_search(client, settings, message):
+    r = client.post("/api/chat", json={"message": "hi", "settings": settings})
+    assert r.status_code == 400 and message in r.get_json()["error"]
+
+
+def test_openapi_settings_are_what_web_clients_may_ask():
+    schema = json.loads((HERE / "openapi.json").read_text())["components"]["schemas"]["Settings"]
+    assert list(schema["properties"]) == list(SETTINGS)
+    for name, spec in schema["properties"].items():
+        assert spec["default"] == SETTINGS[name][1], name
+        assert spec.get("enum") == (list(WEB_CHOICES[name]) if name in WEB_CHOICES else spec.get("enum")), name
+    assert schema["properties"]["min_len"]["maximum"] == max(WEB_CHOICES["max_len"])
+    refused = {(rule["not"]["properties"]["decoder"]["const"], rule["not"]["properties"][width]["const"],
+                rule["not"]["properties"]["max_len"]["const"])
+               for rule in schema["allOf"] if "not" in rule for width in ("beam_size", "samples")
+               if width in rule["not"]["properties"]}
+    assert refused == {(decoder, w, m) for decoder, width in (("beam", "beam_size"), ("sample", "samples"))
+                       for w in WEB_CHOICES[width] for m in WEB_CHOICES["max_len"] if w * m > WEB_STEPS}
 
 
 def test_security_headers_and_no_inline_script(client):

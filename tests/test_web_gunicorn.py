@@ -1,8 +1,10 @@
 """The web chat as it runs for real: gunicorn (gthread workers, the model loaded in each), a real Redis,
-HTTP over loopback. Conversations across requests and workers, restarts, bad input, Redis going away."""
+HTTP over loopback. Conversations across requests and workers, restarts, bad input, Redis going away, full,
+or killed under load."""
 from __future__ import annotations
 
 import stat
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,8 +12,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import WebServer
+from conftest import ROOT, WebServer
 from ergo.chatbot import SETTINGS, Chatbot
+from web.store import ConversationStore, connect
+
+sys.path.insert(0, str(ROOT / "bench"))
+from web_faults import Chatters, children, healthy_after, kill, lost_turns  # noqa: E402
 
 
 def chat(session: requests.Session, url: str, message: str, **settings) -> requests.Response:
@@ -141,8 +147,6 @@ def test_feedback_regenerate_and_reset(web_server):
 
 
 def test_ttl_is_set_and_refreshed_on_use(web_server, redis_server):
-    from web.store import ConversationStore, connect
-
     s = requests.Session()
     cid = chat(s, web_server.url, "hi!").json()["conversation_id"]
     client = connect(redis_server.url)
@@ -163,33 +167,58 @@ def test_healthz_and_metrics(web_server):
 
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux's /proc")
 def test_a_worker_runs_tensorflow_without_what_it_never_uses(web_server):
-    pid = web_server.get("/healthz").headers["X-Ergo-Worker"]
+    pid = children(web_server.process.pid)[0]  # gunicorn's master: its children are the workers (REDIS_URL)
     mapped = Path(f"/proc/{pid}/maps").read_text()
     assert "/tensorflow/" in mapped
     for unused in ("/matplotlib/", "/scipy/stats/", "/gensim/"):  # ~90 MB a worker, imported by keras, nltk, ergo
         assert unused not in mapped
 
 
-def test_restart_keeps_history_and_the_cap_holds(tiny_bundle, tmp_path):
-    """No REDIS_URL: the server runs its own redis-server with the data in the run folder."""
-    env = {"ERGO_HISTORY_CAP": "4"}
-    server = WebServer(tiny_bundle, tmp_path / "run", workers=1, env=env)
-    s = requests.Session()
-    try:
-        assert "Redis: started redis-server" in server.log()
-        for m in ["one", "two", "three"]:
-            chat(s, server.url, m)
-        before = history(s, server.url)
-        assert [t["turn"] for t in before] == [3, 4, 5, 6] and before[0]["text"] == "two"
-    finally:
-        log = server.stop()
-    assert "Redis stopped; conversations kept in" in log
-    assert stat.S_IMODE((tmp_path / "run" / "web" / "secret.key").stat().st_mode) == 0o600
+@pytest.fixture(scope="module")
+def own_redis_server(tiny_bundle, tmp_path_factory):
+    """No REDIS_URL: one worker and the server's own redis-server, supervised, with its data in run/web/.
+    test_restart_keeps_history_... stops it and starts another on the same run folder."""
+    server = WebServer(tiny_bundle, tmp_path_factory.mktemp("own-redis") / "run", workers=1,
+                       env={"ERGO_RATE_LIMIT": "1000 per minute"})
+    yield server
+    server.stop()
 
-    server = WebServer(tiny_bundle, tmp_path / "run", workers=1, env=env)
+
+def test_its_own_redis_killed_under_load_is_back_with_every_acknowledged_turn(own_redis_server):
+    server, address = own_redis_server, own_redis_server.url.split("//", 1)[1]
+    assert "Redis: started redis-server" in server.log()
+    with Chatters(address, 2, seconds=120, most=40) as chatters:  # 40 exchanges: within the cap of 100 turns
+        assert chatters.wait_for(4, timeout=30)
+        kill(int((server.run_dir / "web" / "redis" / "redis.pid").read_text()))
+        assert healthy_after(address, timeout=30) is not None
+        assert chatters.wait_for(chatters.turns + 4, timeout=30)  # kept again
+    assert set(chatters.outcomes) <= {"ok", "degraded"}  # never an error
+    assert lost_turns(address, chatters) == 0
+    assert "redis-server restarted" in server.log()
+
+
+def test_restart_keeps_history_the_cap_holds_and_the_state_is_private(own_redis_server, tiny_bundle):
+    s, run_dir = requests.Session(), own_redis_server.run_dir
+    for m in ["one", "two", "three"]:
+        chat(s, own_redis_server.url, m)
+    before = history(s, own_redis_server.url)
+    assert [t["turn"] for t in before] == [1, 2, 3, 4, 5, 6]
+    assert "Redis stopped; conversations kept in" in own_redis_server.stop()
+
+    state = run_dir / "web"
+    private = [(state, 0o700), (state / "secret.key", 0o600), (state / "redis", 0o700),
+               (state / "redis" / "appendonly.aof", 0o600), (state / "redis" / "redis.log", 0o600)]
+    assert [(p, stat.S_IMODE(p.stat().st_mode)) for p, _ in private] == private
+    for p, _ in private:  # as an older version left them: tightened at the next start
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+    server = WebServer(tiny_bundle, run_dir, workers=1, env={"ERGO_HISTORY_CAP": "4"})
     try:
         assert history(s, server.url) == before
         assert chat(s, server.url, "four").json()["turn"] == 8
+        kept = history(s, server.url)
+        assert [t["turn"] for t in kept] == [5, 6, 7, 8] and kept[0]["text"] == "three"
+        assert [(p, stat.S_IMODE(p.stat().st_mode)) for p, _ in private] == private
     finally:
         server.stop()
 
@@ -215,4 +244,24 @@ def test_redis_stopped_mid_conversation_degrades_then_recovers(web_server, redis
     back = chat(s, web_server.url, "and now?").json()
     assert back["degraded"] is False and back["turn"] == 4
     assert [t["text"] for t in history(s, web_server.url)][::2] == ["hi!", "and now?"]
-    assert "Redis unreachable" in web_server.log()
+    assert "Redis failed (unreachable" in web_server.log()
+
+
+def test_a_full_redis_degrades_replies_and_healthz_instead_of_failing(web_server, redis_server):
+    admin, s = connect(redis_server.url), requests.Session()
+    saved = {**admin.config_get("maxmemory"), **admin.config_get("maxmemory-policy")}
+    chat(s, web_server.url, "hi!")
+    admin.config_set("maxmemory-policy", "noeviction")  # full, and nothing it may evict: every write is OOM
+    admin.config_set("maxmemory", "1")
+    try:
+        full = chat(s, web_server.url, "still there?")
+        assert full.status_code == 200 and full.json()["degraded"] is True and full.json()["turn"] is None
+        assert web_server.get("/healthz").json()["status"] == "degraded"  # though Redis answers PING
+        assert [t["turn"] for t in history(s, web_server.url)] == [1, 2]  # reads still work
+        assert s.post(web_server.url + "/api/feedback", json={"turn": 2, "vote": "up"}).status_code == 503
+    finally:
+        for name, value in saved.items():
+            admin.config_set(name, value)
+    assert web_server.get("/healthz").json()["status"] == "ok"
+    assert chat(s, web_server.url, "and now?").json()["turn"] == 4
+    assert "Redis failed (OOM: " in web_server.log()

@@ -1,7 +1,12 @@
-"""The Redis conversation store against a real redis-server: order, cap, TTL, atomic appends, votes."""
+"""The Redis conversation store against a real redis-server: order, cap, TTL, atomic appends, votes; and
+our own redis-server: private files, kept data, a memory limit, restarts, and every way Redis refuses."""
 from __future__ import annotations
 
+import os
+import re
 import secrets
+import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -66,6 +71,21 @@ def test_ttl_is_set_refreshed_on_use_and_expires(redis_server, store):
     assert not any(short.client.exists(k) for k in short.keys(c2))
 
 
+def test_a_conversation_of_one_exchange_has_the_short_ttl_until_its_second(redis_server):
+    s = ConversationStore(connect(redis_server.url), cap=10, ttl=300, first_ttl=60)
+    c = cid()
+    s.append(c, *exchange(1))
+    keys = s.keys(c)[:2]  # turns and meta: no vote, no feedback key
+    assert all(50 < s.client.ttl(k) <= 60 for k in keys)
+    s.turns(c)  # a read is a use, not a second exchange
+    assert all(50 < s.client.ttl(k) <= 60 for k in keys)
+    s.append(c, *exchange(2))
+    assert all(290 < s.client.ttl(k) <= 300 for k in keys)
+    s.turns(c)
+    assert all(290 < s.client.ttl(k) <= 300 for k in keys)
+    assert ConversationStore(s.client, cap=10, ttl=30, first_ttl=60).ttls == (30, 30)  # never longer than ttl
+
+
 def test_concurrent_appends_lose_nothing(store):
     c, threads, each = cid(), 8, 25
     start = threading.Barrier(threads)
@@ -117,19 +137,129 @@ def test_unreachable_redis_is_store_unavailable(tmp_path):
         down.append(cid(), *exchange(1))
 
 
-def test_local_redis_keeps_data_across_restarts(tmp_path):
-    server = LocalRedis(tmp_path / "redis")
+def modes(folder: Path) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.iterdir()]}
+
+
+def test_local_redis_keeps_data_across_restarts_in_private_files(tmp_path):
+    data = tmp_path / "redis"
+    server = LocalRedis(data)
     try:
         s = ConversationStore(connect(server.start()), cap=10, ttl=300)
         c = cid()
         s.append(c, *exchange(1))
+        assert s.client.config_get("appendfsync") == {"appendfsync": "always"}  # no acknowledged turn lost
+        private = {"redis": 0o700, "appendonly.aof": 0o600, "redis.log": 0o600, "redis.pid": 0o600}
+        assert modes(data) == private
         server.stop(keep_address=True)
         assert not s.ping()
+        data.chmod(0o755)  # as an older version left them
+        (data / "appendonly.aof").chmod(0o644)
         server.start()
         assert [t["text"] for t in s.turns(c)] == ["message 1", "reply 1"]
-        assert (tmp_path / "redis" / "appendonly.aof").exists()
+        assert modes(data) == private
     finally:
         server.stop()
+
+
+def refused(call) -> str:
+    with pytest.raises(StoreUnavailable) as e:
+        call()
+    return e.value.kind
+
+
+def test_every_refusal_of_redis_is_store_unavailable_and_says_which(tmp_path):
+    server = LocalRedis(tmp_path / "redis")
+    try:
+        s = ConversationStore(connect(server.start()), cap=10, ttl=300)
+        admin, c = s.client, cid()
+        s.append(c, *exchange(1))
+
+        admin.config_set("maxmemory-policy", "noeviction")  # full, and nothing it may evict
+        admin.config_set("maxmemory", "1")
+        assert refused(lambda: s.append(c, *exchange(2))) == "OOM"
+        assert not s.ping()  # though PING itself would answer
+        assert [t["n"] for t in s.turns(c)] == [1, 2]  # the context still reads
+        admin.config_set("maxmemory", "0")
+
+        admin.execute_command("REPLICAOF", "127.0.0.1", "1")  # a replica (of nothing there) refuses writes
+        assert refused(lambda: s.vote(c, 2, "up")) == "READONLY"
+        assert not s.ping()
+        admin.execute_command("REPLICAOF", "NO", "ONE")
+        assert s.ping()
+
+        gone = tmp_path / "gone"  # a snapshot it cannot write (a full disk would do the same) stops writes
+        gone.mkdir()
+        admin.config_set("dir", str(gone))
+        gone.rmdir()
+        admin.config_set("save", "3600 1")
+        admin.bgsave()
+        deadline = time.monotonic() + 10
+        while admin.info("persistence")["rdb_last_bgsave_status"] != "err" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert refused(lambda: s.append(c, *exchange(3))) == "MISCONF"
+        assert [t["n"] for t in s.turns(c)] == [1, 2]  # a read of a fresh TTL writes nothing
+        assert not s.ping()
+        admin.config_set("save", "")  # it need not snapshot: it writes again
+        assert s.ping() and s.append(c, *exchange(3)) == 4
+    finally:
+        server.stop()
+
+
+def test_a_full_redis_evicts_idle_conversations_not_a_live_one(tmp_path):
+    server = LocalRedis(tmp_path / "redis", maxmemory_mb=2)  # about 1 MB over what an empty Redis uses
+    try:
+        s = ConversationStore(connect(server.start()), cap=10, ttl=300)
+        big = {"role": "user", "text": "x" * 40_000}
+        idle = [cid() for _ in range(24)]
+        for c in idle:
+            s.append(c, big)
+        time.sleep(1.1)  # Redis knows a key's last use to the second
+        live = cid()
+        s.append(live, *exchange(1))
+        for _ in range(8):  # past the limit: Redis must make room
+            s.append(cid(), big)
+            s.turns(live)
+        assert s.client.info("stats")["evicted_keys"] > 0
+        assert [t["text"] for t in s.turns(live)] == ["message 1", "reply 1"]
+        assert any(not s.turns(c) for c in idle)
+    finally:
+        server.stop()
+
+
+def test_a_killed_redis_is_restarted_and_one_that_keeps_dying_is_retried_less_often(tmp_path, caplog):
+    server = LocalRedis(tmp_path / "redis", backoff=0.05, backoff_max=0.2)
+
+    def until(condition, timeout: float = 20) -> bool:
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return condition()
+
+    try:
+        s = ConversationStore(connect(server.start()), cap=10, ttl=300)
+        server.supervise()
+        c = cid()
+        s.append(c, *exchange(1))
+        os.kill(server.process.pid, signal.SIGKILL)
+        assert until(lambda: "redis-server restarted" in caplog.text)
+        assert s.ping() and [t["text"] for t in s.turns(c)] == ["message 1", "reply 1"]  # its AOF, replayed
+
+        (tmp_path / "redis" / "appendonly.aof").write_text("not an append-only file\n")  # it dies at every start
+        os.kill(server.process.pid, signal.SIGKILL)
+        assert until(lambda: caplog.text.count("did not start") >= 3)
+        (tmp_path / "redis" / "appendonly.aof").unlink()
+        assert until(lambda: caplog.text.count("redis-server restarted") == 2)
+        assert s.ping()
+
+        server.process.terminate()  # shut down as asked (a Ctrl-C reaches it with the web server)
+        assert until(lambda: "left stopped" in caplog.text)
+        assert not s.ping()
+    finally:
+        server.stop()
+    delays = [float(d) for d in re.findall(r"restarting it in ([\d.]+) s", caplog.text)]
+    assert delays[:4] == [0.05, 0.1, 0.2, 0.2]  # doubled at each quick death in a row, up to backoff_max
+    assert "Bad file format reading the append only file" in caplog.text  # why, from its log
 
 
 def test_a_redis_left_by_a_killed_server_is_stopped_first(tmp_path):

@@ -1,8 +1,9 @@
 """The JSON API: chat, regenerate, history, reset, feedback, settings.
 
 The conversation id sits in Flask's signed session cookie; the turns sit in Redis, which is where the
-bot's context comes from, so any worker answers any turn. When Redis cannot be reached the chat still
-replies, to the new message alone, marked "degraded"; what needs the stored conversation says 503.
+bot's context comes from, so any worker answers any turn. When Redis fails (unreachable, out of memory,
+unable to write its files, ...) the chat still replies, marked "degraded" and without context if it could not
+be read; what needs the stored conversation says 503.
 """
 from __future__ import annotations
 
@@ -78,18 +79,21 @@ def api_blueprint(bot, store: ConversationStore, config: WebConfig, limit) -> Bl
     """The /api routes around one loaded bot; `limit` is the rate-limit decorator for writes."""
     api = Blueprint("api", __name__, url_prefix="/api")
     model_lock = threading.Lock()  # one reply at a time per worker: the model already uses its cores
-    redis_down = threading.Event()
+    failing = None  # the kind of the Redis failure last logged, until a turn is kept again
 
     def store_failed(e: StoreUnavailable) -> None:
+        """Count every failure; log each kind once (a race may log it twice), not once a request."""
+        nonlocal failing
         metrics.REDIS_ERRORS.inc()
-        if not redis_down.is_set():
-            redis_down.set()
-            log.warning("Redis unreachable (%s): replying without context until it is back", e)
+        if failing != e.kind:
+            failing = e.kind
+            log.warning("Redis failed (%s): replies are degraded, and not kept, until it is back", e)
 
     def store_ok() -> None:
-        if redis_down.is_set():
-            redis_down.clear()
-            log.warning("Redis is reachable again: conversations are kept")
+        nonlocal failing
+        if failing is not None:
+            failing = None
+            log.warning("Redis is back: conversations are kept")
 
     def reply_to(history: list[str], settings: dict):
         with model_lock:

@@ -1,17 +1,23 @@
 """The Flask app factory: the chat page, the JSON API, and the guards around both (rate limits, body size,
-security headers, JSON errors that never carry a stack trace)."""
+security headers, JSON errors that never carry a stack trace, metrics for loopback clients only)."""
 from __future__ import annotations
 
+import gc
+import ipaddress
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 
-from flask import Flask, jsonify, render_template, request, send_file
+from flask import Flask, abort, jsonify, render_template, request, send_file
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from limits import parse_many
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
+
+from ergo.errors import ErgoError
 
 from . import metrics
 from .api import api_blueprint
@@ -23,6 +29,28 @@ HERE = Path(__file__).parent
 METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# GETs per client, all routes together (/healthz and /metrics exempt): a page load makes six.
+READ_LIMIT = "300 per minute;6000 per hour"
+READS = ("GET", "HEAD")
+
+
+def read_limit(env=os.environ) -> str:
+    """ERGO_READ_LIMIT, else READ_LIMIT; checked now, since Flask-Limiter would fail open on a bad one."""
+    raw = env.get("ERGO_READ_LIMIT", "").strip() or READ_LIMIT
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ErgoError(f"ERGO_READ_LIMIT is not a rate limit like '300 per minute;6000 per hour': {raw!r}") from None
+    return raw
+
+
+def is_loopback(address: str | None) -> bool:
+    """Whether a client address (after ProxyFix: the client's, not the proxy's) is this machine's."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
 
 
 def limits_storage(redis_url: str) -> str:
@@ -30,12 +58,16 @@ def limits_storage(redis_url: str) -> str:
     return "redis+unix://" + redis_url[len("unix://"):] if redis_url.startswith("unix://") else redis_url
 
 
-def create_app(bundle_dir: Path, redis_url: str, secret_key: str, config: WebConfig | None = None) -> Flask:
-    """Load the bundle (once per gunicorn worker) and build the app around it and the Redis at redis_url."""
+def create_app(bundle_dir: Path, redis_url: str, secret_key: str, config: WebConfig | None = None,
+               reads: str | None = None) -> Flask:
+    """Load the bundle (once per gunicorn worker) and build the app around it and the Redis at redis_url;
+    `reads`: the GET rate limit (default: read_limit())."""
     from ergo.chatbot import Chatbot  # here, not at import: the model loads in each worker, after fork
 
     started = time.perf_counter()
     config = config or WebConfig()
+    reads = reads or read_limit()
+    worker = secrets.token_hex(6)  # tells workers apart in X-Ergo-Worker without showing their pid
     app = Flask(__name__)
     app.config.update(SECRET_KEY=secret_key, MAX_CONTENT_LENGTH=config.max_body_bytes,
                       SESSION_COOKIE_NAME="ergo_conversation", SESSION_COOKIE_HTTPONLY=True,
@@ -45,13 +77,17 @@ def create_app(bundle_dir: Path, redis_url: str, secret_key: str, config: WebCon
         n = config.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
 
-    bot = Chatbot.load(Path(bundle_dir), xla=config.xla)
+    bot = Chatbot.load(Path(bundle_dir), xla=config.xla, web=True)
+    gc.collect()
+    gc.freeze()  # the model and its libraries stay for good: collections skip them (a dropped search calls one)
     bot.reply(["hello"])  # trace the default decoding graphs now, not on the first visitor's time
-    store = ConversationStore(connect(redis_url), config.history_cap, config.history_ttl)
+    store = ConversationStore(connect(redis_url), config.history_cap, config.history_ttl,
+                              config.history_ttl_first)
     limiter = Limiter(get_remote_address, app=app, storage_uri=limits_storage(redis_url),
                       storage_options={"key_prefix": "ergo:limits", "socket_connect_timeout": 0.5,
                                        "socket_timeout": 2.0},
                       strategy="moving-window", headers_enabled=True,
+                      application_limits=[reads], application_limits_exempt_when=lambda: request.method not in READS,
                       in_memory_fallback_enabled=True, swallow_errors=True)
     app.register_blueprint(api_blueprint(bot, store, config, limiter.shared_limit(config.rate_limit, "writes")))
     app.extensions["ergo"] = {"bot": bot, "store": store, "config": config}
@@ -69,6 +105,8 @@ def create_app(bundle_dir: Path, redis_url: str, secret_key: str, config: WebCon
     @app.get("/metrics")
     @limiter.exempt
     def prometheus():
+        if not is_loopback(request.remote_addr):
+            abort(403, "the metrics are served to this machine's own clients only (loopback)")
         body, content_type = metrics.exposition()
         return body, 200, {"Content-Type": content_type}
 
@@ -83,7 +121,7 @@ def create_app(bundle_dir: Path, redis_url: str, secret_key: str, config: WebCon
         h["X-Content-Type-Options"] = "nosniff"
         h["X-Frame-Options"] = "DENY"
         h["Referrer-Policy"] = "no-referrer"
-        h["X-Ergo-Worker"] = str(os.getpid())  # which worker answered: shows the state is shared
+        h["X-Ergo-Worker"] = worker  # which worker answered: shows the state is shared
         if request.path.startswith("/api/"):
             h["Cache-Control"] = "no-store"
         method = request.method if request.method in METHODS else "OTHER"

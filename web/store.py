@@ -5,59 +5,106 @@ Per conversation id:
     ergo:conv:<id>:meta      hash: n = number of the last turn (numbering survives the cap)
     ergo:conv:<id>:feedback  hash: turn number -> JSON {vote, text, time}
 
-Every write is one Lua script, so turns from two tabs or two workers land whole, never lost or torn;
-every read and write refreshes the TTL of all three keys.
+Every read and write is one Lua script, so turns from two tabs or two workers land whole, never lost or
+torn. Each refreshes the TTL of all three keys: `ttl` once the conversation has a second exchange,
+`first_ttl` before, since most conversations opened never get one (a read only when the TTL has run down
+by more than a hundredth: it then writes nothing). Whatever Redis fails with (unreachable,
+loading, OOM, MISCONF, READONLY, ...) is StoreUnavailable, which the web degrades on.
 """
 from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-PREFIX = "ergo:conv:"
+from .config import WebConfig
 
-# KEYS: turns, meta, feedback. ARGV: cap, ttl, then the turns as JSON objects without "n".
-_APPEND = """
-local k = #ARGV - 2
-local last = redis.call('HINCRBY', KEYS[2], 'n', k)
-for i = 3, #ARGV do
-  redis.call('RPUSH', KEYS[1], '{"n":' .. (last - k + i - 2) .. ',' .. string.sub(ARGV[i], 2))
+PREFIX = "ergo:conv:"
+HEALTH_KEY = "ergo:health"  # never made: ping() writes it only if it exists
+
+# Every script: KEYS are turns, meta, feedback; ARGV[1], ARGV[2] the TTL and the first exchange's TTL.
+# A read refreshes only a TTL run down by more than a hundredth: a reply's context is read right after the
+# last turn was written, and each write is an fsync (appendfsync always).
+_REFRESH = """
+local function refresh(read)
+  local ttl = tonumber((tonumber(redis.call('HGET', KEYS[2], 'n')) or 0) > 2 and ARGV[1] or ARGV[2])
+  if read and redis.call('TTL', KEYS[1]) >= 0.99 * ttl then return end
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
 end
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+"""
+
+# ARGV[3]: the first turn to read (0, or -k for the last k); ARGV[4]: '1' to read the votes too.
+_READ = _REFRESH + """
+local turns = redis.call('LRANGE', KEYS[1], ARGV[3], -1)
+local feedback = ARGV[4] == '1' and redis.call('HGETALL', KEYS[3]) or {}
+refresh(true)
+return {turns, feedback}
+"""
+
+# ARGV[3]: cap, then the turns as JSON objects without "n". Returns the number of the last one.
+_APPEND = _REFRESH + """
+local k = #ARGV - 3
+local last = redis.call('HINCRBY', KEYS[2], 'n', k)
+for i = 4, #ARGV do
+  redis.call('RPUSH', KEYS[1], '{"n":' .. (last - k + i - 3) .. ',' .. string.sub(ARGV[i], 2))
+end
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+refresh()
 return last
 """
 
-# KEYS: turns, meta, feedback. ARGV: ttl, n, turn JSON without "n". Replaces the last turn if it is n.
-_REPLACE_LAST = """
+# ARGV[3]: n, ARGV[4]: turn JSON without "n". Replaces the last turn if it is n.
+_REPLACE_LAST = _REFRESH + """
 local last = redis.call('LINDEX', KEYS[1], -1)
-if not last or cjson.decode(last)['n'] ~= tonumber(ARGV[2]) then return 0 end
-redis.call('LSET', KEYS[1], -1, '{"n":' .. ARGV[2] .. ',' .. string.sub(ARGV[3], 2))
-redis.call('HDEL', KEYS[3], ARGV[2])
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+if not last or cjson.decode(last)['n'] ~= tonumber(ARGV[3]) then return 0 end
+redis.call('LSET', KEYS[1], -1, '{"n":' .. ARGV[3] .. ',' .. string.sub(ARGV[4], 2))
+redis.call('HDEL', KEYS[3], ARGV[3])
+refresh()
 return 1
 """
 
-# KEYS: turns, meta, feedback. ARGV: ttl, n, vote, time. Records a vote on bot turn n if it is kept.
-_VOTE = """
+# ARGV[3]: n, ARGV[4]: vote, ARGV[5]: time. Records a vote on bot turn n if it is kept.
+_VOTE = _REFRESH + """
 for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   local turn = cjson.decode(raw)
-  if turn['n'] == tonumber(ARGV[2]) and turn['role'] == 'bot' then
-    redis.call('HSET', KEYS[3], ARGV[2], cjson.encode({vote = ARGV[3], text = turn['text'], time = tonumber(ARGV[4])}))
-    for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+  if turn['n'] == tonumber(ARGV[3]) and turn['role'] == 'bot' then
+    redis.call('HSET', KEYS[3], ARGV[3], cjson.encode({vote = ARGV[4], text = turn['text'], time = tonumber(ARGV[5])}))
+    refresh()
     return 1
   end
 end
 return 0
 """
 
+# Redis's code for an error: at the start of its message (MISCONF ...) or, from a script, after the
+# command's position (... @user_script: 3: -OOM command not allowed ...)
+_CODE = re.compile(r"(?:^|: -)([A-Z]{2,}) ")
+
 
 class StoreUnavailable(Exception):
-    """Redis cannot be reached (down, restarting, loading): the caller degrades instead of failing."""
+    """Redis cannot give or keep the conversation now; `kind` says why (see failure_kind)."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+def failure_kind(e: redis.RedisError) -> str:
+    """'unreachable', 'timeout', or Redis's own code: LOADING, OOM, MISCONF (it cannot write its files),
+    READONLY (a replica), ..."""
+    if isinstance(e, redis.BusyLoadingError):
+        return "LOADING"
+    if isinstance(e, redis.ConnectionError):
+        return "unreachable"
+    if isinstance(e, redis.TimeoutError):
+        return "timeout"
+    found = _CODE.search(str(e))
+    return found.group(1) if found else getattr(e, "status_code", None) or type(e).__name__
 
 
 def connect(url: str) -> redis.Redis:
@@ -67,18 +114,21 @@ def connect(url: str) -> redis.Redis:
 
 
 def _unavailable(fn):
+    """Any Redis error becomes StoreUnavailable: a full memory or disk degrades the chat like an outage."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise StoreUnavailable(str(e) or type(e).__name__) from None
+        except redis.RedisError as e:
+            raise StoreUnavailable(failure_kind(e), str(e) or type(e).__name__) from None
     return wrapper
 
 
 class ConversationStore:
-    def __init__(self, client: redis.Redis, cap: int, ttl: int):
-        self.client, self.cap, self.ttl = client, cap, ttl
+    def __init__(self, client: redis.Redis, cap: int, ttl: int, first_ttl: int = WebConfig.history_ttl_first):
+        self.client, self.cap = client, cap
+        self.ttls = (ttl, min(first_ttl, ttl))
+        self._read = client.register_script(_READ)
         self._append = client.register_script(_APPEND)
         self._replace_last = client.register_script(_REPLACE_LAST)
         self._vote = client.register_script(_VOTE)
@@ -88,8 +138,12 @@ class ConversationStore:
         return [f"{PREFIX}{cid}:{part}" for part in ("turns", "meta", "feedback")]
 
     def ping(self) -> bool:
+        """Whether Redis would keep a turn now. PING answers while Redis refuses writes (OOM, READONLY):
+        this is a write that changes nothing (SET XX of a key never made), refused for every reason a turn
+        would be, and adding nothing to the append-only file."""
         try:
-            return bool(self.client.ping())
+            self.client.set(HEALTH_KEY, "1", xx=True)
+            return True
         except redis.RedisError:
             return False
 
@@ -97,17 +151,10 @@ class ConversationStore:
     def turns(self, cid: str, votes: bool = False, last: int = 0) -> list[dict]:
         """The kept turns, oldest first ({n, role, text, time, ...}), or only the `last` ones (a reply's
         context needs a few); with votes, each bot turn's vote."""
-        keys = self.keys(cid)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.lrange(keys[0], -last if last else 0, -1)
+        raw, feedback = self._read(keys=self.keys(cid), args=[*self.ttls, -last if last else 0, int(votes)])
+        turns = [json.loads(t) for t in raw]
         if votes:
-            pipe.hgetall(keys[2])
-        for key in keys:
-            pipe.expire(key, self.ttl)
-        results = pipe.execute()
-        turns = [json.loads(t) for t in results[0]]
-        if votes:
-            feedback = results[1]
+            feedback = dict(zip(feedback[::2], feedback[1::2]))
             for t in turns:
                 if str(t["n"]) in feedback:
                     t["vote"] = json.loads(feedback[str(t["n"])])["vote"]
@@ -117,15 +164,15 @@ class ConversationStore:
     def append(self, cid: str, *turns: dict) -> int:
         """Append turns atomically; returns the number of the last one."""
         entries = [json.dumps({**t, "time": round(time.time(), 3)}) for t in turns]
-        return int(self._append(keys=self.keys(cid), args=[self.cap, self.ttl, *entries]))
+        return int(self._append(keys=self.keys(cid), args=[*self.ttls, self.cap, *entries]))
 
     @_unavailable
     def replace_last(self, cid: str, n: int, turn: dict) -> bool:
         """Replace turn n with `turn` if n is still the last turn (for regenerate); its vote is cleared."""
         entry = json.dumps({**turn, "time": round(time.time(), 3)})
-        return bool(self._replace_last(keys=self.keys(cid), args=[self.ttl, n, entry]))
+        return bool(self._replace_last(keys=self.keys(cid), args=[*self.ttls, n, entry]))
 
     @_unavailable
     def vote(self, cid: str, n: int, vote: str) -> bool:
         """Record a vote on bot turn n; False when the conversation keeps no such bot turn."""
-        return bool(self._vote(keys=self.keys(cid), args=[self.ttl, n, vote, round(time.time(), 3)]))
+        return bool(self._vote(keys=self.keys(cid), args=[*self.ttls, n, vote, round(time.time(), 3)]))
