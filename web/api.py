@@ -16,7 +16,7 @@ import threading
 
 from flask import Blueprint, abort, jsonify, request, session
 
-from ergo.chatbot import AVOID_TURNS, SETTINGS, check_settings
+from ergo.chatbot import AVOID_TURNS, SETTINGS, WEB_CHOICES, check_settings
 from ergo.errors import ErgoError
 
 from . import metrics
@@ -65,12 +65,15 @@ def settings_from(body: dict) -> dict:
 
 
 def settings_catalogue() -> list[dict]:
-    """SETTINGS for the page's panel; a text setting's choices are the words of its description it accepts."""
+    """SETTINGS for the page's panel; a text setting's choices are the words of its description it accepts,
+    a number's those of WEB_CHOICES, the only ones a web client may ask."""
     out = []
     for name, (kind, default, ok, valid) in SETTINGS.items():
         item = {"name": name, "type": kind.__name__, "default": default, "description": valid}
         if kind is str:
             item["choices"] = [w for w in dict.fromkeys(re.findall(r"[A-Za-z_][\w-]*", valid)) if ok(w)]
+        elif name in WEB_CHOICES:
+            item["choices"] = list(WEB_CHOICES[name])
         out.append(item)
     return out
 
