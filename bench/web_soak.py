@@ -4,11 +4,12 @@ memory over time and the latency at the start and at the end.
 Starts `web.serve.run` (as `main.py --serve` does) with its own Redis in a temporary run folder; CONCURRENCY
 clients, each its own conversation, chat back to back: first for WARMUP seconds (every search the load uses
 is traced, the allocators reach their working size), then in windows of SAMPLE seconds until MINUTES are
-spent. Each window prints replies/s, p50/p99 latency, errors and every worker's RSS; the end compares the
-last window with the first (p99) and each worker's RSS with its RSS after the warm-up. Targets: RSS growth
-at most 50 MB a worker, p99 at the end within 1.2x of the start. With --vary the clients cycle through more
-settings than a worker keeps compiled searches (decoding.SEARCHES), so searches are dropped and traced again
-all along: memory must still level off. With --distinct N, N chats right after the warm-up each ask for other
+spent. Each window prints replies/s, p50/p99 latency, errors, the workers' CPU time per reply and every
+worker's RSS; the end compares the last fifth of the windows with the first (p50, p99, CPU per reply: the
+one figure that other jobs on the machine do not move) and each worker's RSS with its RSS after the warm-up.
+Targets: RSS growth at most 50 MB a worker, p99 at the end within 1.2x of the start. With --vary the
+clients cycle through more settings than a worker keeps compiled searches (chatbot.WEB_SEARCHES besides the
+defaults'), so searches are dropped and traced again all along: memory must still level off. With --distinct N, N chats right after the warm-up each ask for other
 settings web clients may ask, every one a compiled search of its own, and the workers' RSS growth they caused
 is printed (target: at most 80 MB in all for 40).
 
@@ -29,10 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ergo.chatbot import WEB_CHOICES, WEB_STEPS  # noqa: E402
-from web_load import MESSAGES, Client, load, percentile, rss_pss, start_server, worker_pids  # noqa: E402
+from web_load import MESSAGES, Client, cpu_seconds, load, percentile, rss_pss, start_server, worker_pids  # noqa: E402
 
 GROWTH_MB, P99_RATIO = 50, 1.2
-# Web-allowed settings that need six different compiled searches (a worker keeps four).
+# Web-allowed settings that need six different compiled searches: the defaults' two and four others.
 VARIED = [{}, {"mode": "generate", "decoder": "greedy"}, {"mode": "generate"}, {"mode": "hybrid", "max_len": 10},
           {"mode": "generate", "decoder": "sample", "top_k": 10}, {"mode": "generate", "beam_size": 3, "mmi": 0.0}]
 
@@ -91,24 +92,30 @@ def main() -> None:
                   f"{args.warmup:g} s warm-up; RSS after it: " + ", ".join(f"{start[p]:.0f} MB" for p in workers))
             windows, began = [], time.monotonic()
             while time.monotonic() - began < args.minutes * 60:
+                cpu = cpu_seconds(set(workers))
                 lat, errors, _ = load(address, args.concurrency, args.sample, chat)
                 now = sorted(worker_pids(proc.pid))
+                if now != workers:
+                    print(f"workers were replaced during the soak ({workers} -> {now}): RSS is not comparable")
+                    return
+                per_reply = (cpu_seconds(set(workers)) - cpu) / max(len(lat), 1)
                 rss = [rss_pss(pid)[0] for pid in now]
-                windows.append((lat, rss))
+                windows.append((lat, per_reply, rss))
                 print(f"{(time.monotonic() - began) / 60:5.1f} min: {len(lat) / args.sample:5.1f} replies/s, "
                       f"p50 {percentile(lat, 0.5) * 1000:4.0f} ms, p99 {percentile(lat, 0.99) * 1000:5.0f} ms, "
-                      f"errors {errors}; RSS " + ", ".join(f"{r:.0f} MB" for r in rss), flush=True)
+                      f"errors {errors}, CPU {per_reply * 1000:3.0f} ms a reply; RSS "
+                      + ", ".join(f"{r:.0f} MB" for r in rss), flush=True)
             if not windows:  # --minutes 0: the sweep alone
                 return
-            if now != workers:
-                print(f"workers were replaced during the soak ({workers} -> {now}): RSS growth is not comparable")
-                return
-            first, last = windows[0][0], windows[-1][0]
+            k = max(1, len(windows) // 5)
+            first, last = ([x for w in part for x in w[0]] for part in (windows[:k], windows[-k:]))
+            cpu_first, cpu_last = (sum(w[1] for w in part) / k for part in (windows[:k], windows[-k:]))
             ratio = percentile(last, 0.99) / percentile(first, 0.99)
-            growth = [r - start[pid] for pid, r in zip(workers, windows[-1][1])]
-            print(f"p50 {percentile(first, 0.5) * 1000:.0f} -> {percentile(last, 0.5) * 1000:.0f} ms, p99 "
-                  f"{percentile(first, 0.99) * 1000:.0f} -> {percentile(last, 0.99) * 1000:.0f} ms: {ratio:.2f}x "
-                  f"(target at most {P99_RATIO}x: {'met' if ratio <= P99_RATIO else 'MISSED'})")
+            growth = [r - start[pid] for pid, r in zip(workers, windows[-1][2])]
+            print(f"first {k} window(s) -> last {k}: p50 {percentile(first, 0.5) * 1000:.0f} -> "
+                  f"{percentile(last, 0.5) * 1000:.0f} ms, CPU {cpu_first * 1000:.0f} -> {cpu_last * 1000:.0f} ms a "
+                  f"reply, p99 {percentile(first, 0.99) * 1000:.0f} -> {percentile(last, 0.99) * 1000:.0f} ms: "
+                  f"{ratio:.2f}x (target at most {P99_RATIO}x: {'met' if ratio <= P99_RATIO else 'MISSED'})")
             print("RSS growth after the warm-up: " + ", ".join(f"{g:+.0f} MB" for g in growth) +
                   f" (target at most {GROWTH_MB} MB a worker: {'met' if max(growth) <= GROWTH_MB else 'MISSED'})")
         finally:

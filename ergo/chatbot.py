@@ -60,9 +60,9 @@ class Reply:
 # search after search (a second each, holding the model) nor ask for the costliest replies.
 WEB_CHOICES = {"beam_size": (3, 5, 10), "samples": (1, 5, 10), "max_len": (10, 20, 40), "top_k": (0, 10, 40, 100)}
 WEB_STEPS = 200  # on the web, the decoder's width (beam_size or samples) x max_len is at most this
-# Compiled searches a web worker keeps (decoding.SEARCHES elsewhere): the default settings need one or two,
-# and 40 distinct settings grew two workers by ~70 MB in all with 2 (by 210 MB with 4: docs/RELIABILITY.md).
-WEB_SEARCHES = 2
+# Compiled searches a web worker keeps besides the default settings' (pinned at its start; decoding.SEARCHES
+# elsewhere): 40 distinct settings grew two workers by 35 MB in all with 1, 88 MB with 2 (docs/RELIABILITY.md).
+WEB_SEARCHES = 1
 
 
 def _on_the_web(name: str) -> str:

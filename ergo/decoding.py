@@ -149,6 +149,7 @@ class Decoder:
             self._frequent_kernel = ops.convert_to_tensor(np.ascontiguousarray(kernel[:, :self.shortlist_size]))
         self._searches: OrderedDict = OrderedDict()  # key -> compiled search, the most recently used last
         self.max_searches = searches
+        self._pinned: dict = {}  # key -> compiled search kept for good (pin)
         self._scores: dict = {}  # by shortlist or not: two at most
 
     def _frequent(self) -> np.ndarray:
@@ -297,9 +298,18 @@ class Decoder:
             return _compile(fn, sig, jit=self.xla)
         return self._compiled((kind, width, max_len, n_rep, n_ctx, short, anti_lm, has_also, top_k), build)
 
+    def pin(self) -> None:
+        """Keep the compiled searches made so far for good (a server's defaults, traced at its start), so
+        that others taking turns in the cache never make the usual reply wait for a trace."""
+        self._pinned.update(self._searches)
+        self._searches.clear()
+
     def _compiled(self, key: tuple, build):
-        """The compiled search for `key`, made by `build()` unless kept; only the `max_searches` most
-        recently used are kept, so settings that vary without end cannot grow the memory without end."""
+        """The compiled search for `key`, made by `build()` unless kept; besides the pinned ones, only the
+        `max_searches` most recently used are kept, so settings that vary without end cannot grow the
+        memory without end."""
+        if key in self._pinned:
+            return self._pinned[key]
         fn = self._searches.pop(key, None)
         if fn is None:
             fn = build()

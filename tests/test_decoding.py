@@ -104,17 +104,21 @@ def test_the_search_is_traced_once_for_any_context_length(bot):
     assert search.experimental_get_tracing_count() == 1
 
 
-def test_only_the_most_recently_used_searches_are_kept(rigged):
+def test_only_the_pinned_and_the_most_recently_used_searches_are_kept(rigged):
     d = Decoder(rigged({}).model, searches=2)
     ctx = np.array([5, 6, 7], np.int32)
+    d.greedy(ctx, max_len=4)
+    d.pin()  # a server's defaults
     first = d.greedy(ctx, max_len=5)
     d.greedy(ctx, max_len=6)
     (five,) = [key for key in d._searches if key[2] == 5]  # the key's third field is max_len
     search = d._searches[five]
     assert d.greedy(ctx, max_len=5) == first  # used again: now the most recent
     d.greedy(ctx, max_len=7)
+    d.greedy(ctx, max_len=4)
     assert [key[2] for key in d._searches] == [5, 7]  # max_len 6, the least recently used, was dropped
     assert d._searches[five] is search  # kept, not traced again
+    assert [key[2] for key in d._pinned] == [4]  # never dropped, and not counted among the two
 
 
 @pytest.mark.parametrize("n", [1, 3])

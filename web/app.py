@@ -80,7 +80,11 @@ def create_app(bundle_dir: Path, redis_url: str, secret_key: str, config: WebCon
     bot = Chatbot.load(Path(bundle_dir), xla=config.xla, web=True)
     gc.collect()
     gc.freeze()  # the model and its libraries stay for good: collections skip them (a dropped search calls one)
-    bot.reply(["hello"])  # trace the default decoding graphs now, not on the first visitor's time
+    # Trace the default settings' searches now, not on the first visitor's time, and keep them whatever
+    # other settings come and go: retrieval's scoring, and generation for when retrieval finds nothing.
+    bot.reply(["hello"])
+    bot.reply(["hello"], mode="generate")
+    bot.decoder.pin()
     store = ConversationStore(connect(redis_url), config.history_cap, config.history_ttl,
                               config.history_ttl_first)
     limiter = Limiter(get_remote_address, app=app, storage_uri=limits_storage(redis_url),
