@@ -197,6 +197,8 @@ def api_blueprint(bot, store: ConversationStore, config: WebConfig, limit) -> Bl
     def feedback():
         body = json_body(("turn", "vote"))
         turn, vote = body.get("turn"), body.get("vote")
+        if isinstance(turn, float) and turn.is_integer():
+            turn = int(turn)  # JSON has one kind of number: 2.0 is turn 2, as settings take it
         if isinstance(turn, bool) or not isinstance(turn, int) or turn < 1:
             abort(400, "turn must be a positive integer (the turn number of a reply)")
         if vote not in VOTES:
