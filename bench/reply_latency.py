@@ -55,6 +55,7 @@ def random_bundle(preset_name: str, folder: Path, seed: int = 0, selector: str |
     from ergo.model import build_seq2seq
     from ergo.retrieval import build_index
     from ergo.selector import FOLDER, build_selector, save_selector
+    from ergo.splits import Ragged
     from ergo.vocab import SPECIALS, Vocab
 
     preset = get_preset(preset_name)
@@ -64,9 +65,10 @@ def random_bundle(preset_name: str, folder: Path, seed: int = 0, selector: str |
     save_bundle(folder, model, preset.data, preset.model, vocab, {"note": "random weights, for timing"})
     rng = np.random.default_rng(seed)
     n_words = len(vocab)
-    split = {"context": [rng.integers(len(SPECIALS), n_words, rng.integers(5, preset.data.max_context_len),
-                                      dtype=np.int32) for _ in range(INDEX_PAIRS)],
-             "reply": [rng.integers(len(SPECIALS), n_words, REPLY_WORDS, dtype=np.int32) for _ in range(INDEX_PAIRS)]}
+    split = {"context": Ragged.from_rows([rng.integers(len(SPECIALS), n_words, rng.integers(5, preset.data.max_context_len),
+                                                       dtype=np.int32) for _ in range(INDEX_PAIRS)]),
+             "reply": Ragged.from_rows([rng.integers(len(SPECIALS), n_words, REPLY_WORDS, dtype=np.int32)
+                                        for _ in range(INDEX_PAIRS)])}
     cfg = override(preset.selector, encoder=selector)
     if cfg.encoder == "none" or context_index:
         embeddings = rng.normal(size=(n_words, preset.data.embedding_dim)).astype(np.float32)

@@ -30,7 +30,7 @@ def pad(seqs: Sequence[np.ndarray], width_multiple: int = 1, width: int | None =
 def make_batch(split: dict, indices: Sequence[int], width_multiple: int = 4) -> Batch:
     """encoder_in [B, Tc]; decoder_in = <go> + reply and decoder_target = reply + <eos>, both [B, Tr+1]."""
     contexts = [split["context"][i] for i in indices]
-    replies = [np.asarray(split["reply"][i], dtype=np.int32) for i in indices]
+    replies = [split["reply"][i] for i in indices]
     go, eos = np.array([GO_ID], np.int32), np.array([EOS_ID], np.int32)
     decoder_in = pad([np.concatenate([go, r]) for r in replies], width_multiple)
     decoder_target = pad([np.concatenate([r, eos]) for r in replies], width_multiple)
@@ -72,9 +72,8 @@ class BatchIterator:
                  width_multiple: int = 4, chunk_batches: int = 100):
         self.split = split
         self.width_multiple = width_multiple
-        context_lens = np.fromiter((len(c) for c in split["context"]), np.int64, len(split["context"]))
-        reply_lens = np.fromiter((len(r) for r in split["reply"]), np.int64, len(split["reply"]))
-        self.order = batch_order(context_lens, reply_lens, batch_size, seed, epoch, width_multiple, chunk_batches)
+        self.order = batch_order(split["context"].lengths(), split["reply"].lengths(), batch_size, seed, epoch,
+                                 width_multiple, chunk_batches)
         self.position = start
 
     def __len__(self) -> int:

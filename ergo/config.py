@@ -25,7 +25,7 @@ class DataConfig:
     test_fraction: float = 0.05     # share of conversations held out for testing
     seed: int = 13                  # the split and word2vec are reproducible from this
     embedding_dim: int = 128        # word2vec size; the model's embedding size follows it
-    w2v_epochs: int = 5
+    w2v_epochs: int = 5             # fewer on a big corpus: at most 20M tokens seen (ergo.dataset.word2vec_epochs)
     w2v_window: int = 5
 
     def __post_init__(self):

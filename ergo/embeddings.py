@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,13 +17,15 @@ if TYPE_CHECKING:
 # ergo.dataset) but never trains or reads word vectors, and gensim with scipy is ~55 MB of a web worker.
 
 
-def train_word2vec(sentences: Sequence[list[str]], dim: int, *, min_count: int, window: int, epochs: int,
-                   seed: int, workers: int) -> KeyedVectors:
-    """CBOW word2vec (gensim's default, and its fastest) over the training turns, one sentence a turn."""
+def train_word2vec(corpus_file: Path, dim: int, *, min_count: int, window: int, epochs: int, seed: int,
+                   workers: int) -> KeyedVectors:
+    """CBOW word2vec (gensim's default, and its fastest) over a file of one turn a line, tokens split by
+    spaces: gensim reads the file in threads of its own, and no sentence is held in memory. One thread
+    more than cores, as each thread also reads and parses its part of the file (docs/BENCHMARKS.md)."""
     from gensim.models import Word2Vec
     logging.getLogger("gensim").setLevel(logging.WARNING)
-    model = Word2Vec(sentences=sentences, vector_size=dim, window=window, min_count=min_count,
-                     epochs=epochs, seed=seed, workers=max(1, workers))
+    model = Word2Vec(corpus_file=str(corpus_file), vector_size=dim, window=window, min_count=min_count,
+                     epochs=epochs, seed=seed, workers=max(1, workers) + 1)
     return model.wv
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -36,7 +35,7 @@ from .model import perplexity
 from .ranking import CANDIDATES, RECALL_AT, choose_weight, combine, recall as recall_of, recall_rows
 from .ranking import RANKING_FILE, save as save_ranking
 from .retrieval import INDEX_FILE, build_index, vocab_digest
-from .selector import has_selector, pool_scores
+from .selector import has_selector, pool_scores, reply_keys
 from .text import detokenize, tokenize
 
 PROMPTS = ("hi! how are you?", "what do you do for a living?", "where are you from?", "do you have any pets?",
@@ -182,8 +181,9 @@ def evaluate(bundle_dir: Path, data_dir: Path, split: str = "test", *, rank_pair
     if ubuntu is not None:
         log(f"recall@k of {CANDIDATES} on {ubuntu['pairs']} rows of {ubuntu['file']} (its own candidates)")
 
-    generic_counts = Counter(tuple(vocab.decode(r)) for r in train["reply"]).most_common(10)
-    generic = {g for g, _ in generic_counts}
+    keys, distinct = reply_keys(train["reply"])  # the 10 most common training replies (ties: first seen)
+    commonest = [tuple(vocab.decode(distinct[k])) for k in np.argsort(-np.bincount(keys), kind="stable")[:10]]
+    generic = set(commonest)
     chosen = rng.choice(len(pairs["reply"]), size=min(generate_pairs, len(pairs["reply"])), replace=False)
     references = [vocab.decode(pairs["reply"][i]) for i in chosen]
     generation = {"reference": _generation_metrics(references, None, generic)}
@@ -210,7 +210,7 @@ def evaluate(bundle_dir: Path, data_dir: Path, split: str = "test", *, rank_pair
         "default": default, "default_ranking": rankings.get(default), "rankings": rankings,
         "best_mode": best_mode(generation, recall, rankings),
         "modes": {name: {**defaults, **s} for name, s in MODES.items()},
-        "generic_replies": [detokenize(list(g)) for g, _ in generic_counts],
+        "generic_replies": [detokenize(list(g)) for g in commonest],
         "samples": samples, "seconds": round(time.perf_counter() - started, 1),
     }
     atomic_write_text(bundle_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False))

@@ -125,3 +125,18 @@ def recover_dir(path: Path, keep_previous: bool = False) -> bool:
     for stale in [*path.parent.glob(f".{path.name}.*.tmp"), *older]:
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     return restored
+
+
+def iter_files(folder: Path) -> Iterator[Path]:
+    """Every file under `folder`, in sorted path order, found as the tree is listed: a folder is listed
+    only when the walk reaches it, so the first file comes at once even under a million of them.
+    Symlinked folders are not followed (a link loop would never end)."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from iter_files(Path(entry.path))
+        elif entry.is_file():
+            yield Path(entry.path)

@@ -22,31 +22,29 @@ import scipy.sparse
 from .dataset import PreparedData
 from .errors import ErgoError
 from .files import atomic_path
+from .splits import Ragged
 from .vocab import SEP_ID, SPECIALS, Vocab
 
 INDEX_FILE = "retrieval.npz"
 SIF_A = 1e-3             # SIF's smoothing: a word as frequent as 1 in 1000 tokens gets half weight
 EARLIER_TURN = 0.5       # weight of each earlier turn relative to the one after it
 SEARCH_BLOCK = 1024      # index rows numpy widens to float32 at a time (not a float32 copy of it all)
+MAX_PAIRS = 500_000      # training pairs an index holds at most (256 MB of int16 vectors at 256 dims)
 
 
 def vocab_digest(vocab: Vocab) -> str:
     return hashlib.sha256("\n".join(vocab.words).encode("utf-8")).hexdigest()
 
 
-def _token_weights(context: np.ndarray, word_weight: np.ndarray) -> np.ndarray:
-    """SIF weight of each token, halved for every turn between it and the last one."""
-    turns_after = np.cumsum((context == SEP_ID)[::-1])[::-1] - (context == SEP_ID)
-    return word_weight[context] * EARLIER_TURN ** turns_after
-
-
-def _sentence_vectors(contexts, word_vectors: np.ndarray, word_weight: np.ndarray) -> np.ndarray:
-    """Unit-length weighted mean vectors [N, D], through one sparse [N, V] x [V, D] product."""
-    lengths = np.fromiter((len(c) for c in contexts), np.int64, len(contexts))
-    indptr = np.concatenate([[0], np.cumsum(lengths)])
-    ids = np.concatenate(contexts) if len(contexts) else np.zeros(0, np.int32)
-    weights = np.concatenate([_token_weights(c, word_weight) for c in contexts]) if len(contexts) else ids
-    rows = scipy.sparse.csr_matrix((weights.astype(np.float32), ids, indptr),
+def _sentence_vectors(contexts: Ragged, word_vectors: np.ndarray, word_weight: np.ndarray) -> np.ndarray:
+    """Unit-length weighted mean vectors [N, D], through one sparse [N, V] x [V, D] product. A token's
+    weight is its word's SIF weight, halved for every turn between it and the context's last turn."""
+    ids = contexts.ids
+    seps = np.cumsum(ids == SEP_ID)
+    last = contexts.offsets[1:] - 1                       # each row's last position (unused for empty rows)
+    turns_after = seps[last[contexts.rows()]] - seps      # separators after each token, in its own row
+    weights = word_weight[ids] * EARLIER_TURN ** turns_after
+    rows = scipy.sparse.csr_matrix((weights.astype(np.float32), ids, contexts.offsets),
                                    shape=(len(contexts), len(word_vectors)))
     vectors = np.asarray(rows @ word_vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -54,22 +52,26 @@ def _sentence_vectors(contexts, word_vectors: np.ndarray, word_weight: np.ndarra
 
 
 def build_index(data: PreparedData, bundle_dir: Path) -> Path:
-    """Write bundle_dir/retrieval.npz from the training split of `data` (a few seconds for 100k pairs)."""
+    """Write bundle_dir/retrieval.npz from the training split of `data` (a few seconds for 100k pairs).
+    Past MAX_PAIRS it indexes an even, seeded sample of them: candidates from half a million contexts are
+    as good as from millions, and the index stays a size each web worker can hold."""
     vocab, split = data.vocab(), data.split("train")
     word_vectors = data.embeddings().astype(np.float32)
-    every_token = np.concatenate([np.zeros(0, np.int64), *split["context"], *split["reply"]])
-    counts = np.bincount(every_token, minlength=len(vocab)).astype(np.float64)
+    counts = (np.bincount(split["context"].ids, minlength=len(vocab))
+              + np.bincount(split["reply"].ids, minlength=len(vocab))).astype(np.float64)
     word_weight = (SIF_A / (SIF_A + counts / max(counts.sum(), 1.0))).astype(np.float32)
     word_weight[: len(SPECIALS)] = 0.0
-    replies = split["reply"]
-    offsets = np.concatenate([[0], np.cumsum([len(r) for r in replies])]).astype(np.int64)
+    contexts, replies = split["context"], split["reply"]
+    if len(replies) > MAX_PAIRS:
+        chosen = np.sort(np.random.default_rng(0).choice(len(replies), MAX_PAIRS, replace=False))
+        contexts, replies = contexts.take(chosen), replies.take(chosen)
     path = Path(bundle_dir) / INDEX_FILE
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, vectors=_sentence_vectors(split["context"], word_vectors, word_weight).astype(np.float16),
+            np.savez(f, vectors=_sentence_vectors(contexts, word_vectors, word_weight).astype(np.float16),
                      word_vectors=word_vectors, word_weight=word_weight,
-                     reply_ids=np.concatenate(replies).astype(np.int32) if replies else np.zeros(0, np.int32),
-                     reply_offsets=offsets, vocab_digest=np.array(vocab_digest(vocab)))
+                     reply_ids=np.asarray(replies.ids, np.int32), reply_offsets=replies.offsets,
+                     vocab_digest=np.array(vocab_digest(vocab)))
     return path
 
 
@@ -139,7 +141,7 @@ class RetrievalIndex:
 
     def search(self, context: np.ndarray, k: int) -> list[tuple[list[int], float]]:
         """Up to k distinct replies of the nearest training contexts: (reply ids, cosine), nearest first."""
-        query = _sentence_vectors([np.asarray(context, np.int32)], self.word_vectors, self.word_weight)[0]
+        query = _sentence_vectors(Ragged.from_rows([context]), self.word_vectors, self.word_weight)[0]
         if not np.any(query) or not len(self):
             return []
         sims = self._products(query) * self.row_scale  # every training context's cosine

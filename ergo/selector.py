@@ -37,6 +37,7 @@ from .errors import ErgoError
 from .files import atomic_dir
 from .model import _dense, _embedding, _lstm
 from .retrieval import fixed_point, row_products, vocab_digest
+from .splits import Ragged
 from .vocab import PAD_ID, SEP_ID, Vocab
 
 FOLDER = "selector"
@@ -130,16 +131,22 @@ def build_selector(cfg: SelectorConfig, vocab_size: int, embedding_matrix: np.nd
     return model
 
 
-def reply_keys(replies: Sequence) -> tuple[np.ndarray, list]:
-    """(key of each reply, the distinct replies in order of first appearance): equal replies share a key."""
-    keys, distinct, seen = np.empty(len(replies), np.int32), [], {}
-    for i, r in enumerate(replies):
-        t = tuple(int(w) for w in r)
-        if t not in seen:
-            seen[t] = len(distinct)
-            distinct.append(np.asarray(r, np.int32))
-        keys[i] = seen[t]
-    return keys, distinct
+def reply_keys(replies: Ragged) -> tuple[np.ndarray, Ragged]:
+    """(key of each reply, the distinct replies in order of first appearance): equal replies share a key.
+    Each reply becomes one row of bytes (its length, then its ids padded), and np.unique finds the equal
+    rows: no Python object per reply, for millions of them."""
+    lengths = replies.lengths()
+    width = int(lengths.max(initial=0)) + 1
+    table = np.full((len(replies), width), -1, np.int32)
+    table[:, 0] = lengths
+    rows = replies.rows()
+    table[rows, np.arange(len(rows)) - replies.offsets[rows] + 1] = replies.ids
+    as_bytes = table.view(np.dtype((np.void, 4 * width))).ravel()
+    _, first, inverse = np.unique(as_bytes, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # np.unique sorts by bytes; keys go by first appearance
+    rank = np.empty(len(order), np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return rank[inverse.ravel()], replies.take(first[order])
 
 
 class _Batches(keras.utils.PyDataset):
@@ -159,7 +166,7 @@ class _Batches(keras.utils.PyDataset):
     def __getitem__(self, i):
         idx = self.batches[i]
         contexts = pad([self.split["context"][j] for j in idx], WIDTH_MULTIPLE)
-        replies = pad([np.asarray(self.split["reply"][j], np.int32) for j in idx], WIDTH_MULTIPLE)
+        replies = pad([self.split["reply"][j] for j in idx], WIDTH_MULTIPLE)
         return (contexts, replies), self.keys[idx]
 
 
@@ -213,7 +220,7 @@ def train_selector(data: PreparedData, cfg: SelectorConfig, out_dir: Path, *, mi
     return info
 
 
-def save_selector(model: ReplySelector, vocab: Vocab, replies: Sequence[np.ndarray], out_dir: Path,
+def save_selector(model: ReplySelector, vocab: Vocab, replies: Ragged | Sequence[np.ndarray], out_dir: Path,
                   info: dict) -> dict:
     """Write the folder `out_dir` (replaced whole): the model, and the index of `replies` (distinct)
     encoded by its reply tower. `info` joins the settings in config.json, which is returned."""
@@ -221,8 +228,8 @@ def save_selector(model: ReplySelector, vocab: Vocab, replies: Sequence[np.ndarr
     info = {"selector_config": to_dict(model.cfg), "vocab_size": len(vocab),
             "embedding_dim": int(model.embedding.output_dim), "vocab_digest": vocab_digest(vocab),
             "replies": len(replies), **info}
-    offsets = np.concatenate([[0], np.cumsum([len(r) for r in replies])]).astype(np.int64)
-    ids = np.concatenate(replies).astype(np.int32) if len(replies) else np.zeros(0, np.int32)
+    replies = replies if isinstance(replies, Ragged) else Ragged.from_rows(replies)
+    offsets, ids = replies.offsets, np.asarray(replies.ids, np.int32)
     from .bundle import save_weights_only
     with atomic_dir(Path(out_dir)) as tmp:
         save_weights_only(model, tmp / WEIGHTS_FILE)

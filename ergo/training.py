@@ -500,7 +500,7 @@ def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progr
             f"`--train-selector --selector {selector_cfg.encoder}` replaces it")
     model.optimizer.learning_rate.assign(state.learning_rate)
     writer = _TensorBoard.create(run.file("logs"))
-    reply_tokens = np.array([len(r) + 1 for r in train_split["reply"]])  # + <eos>: the target tokens
+    reply_tokens = train_split["reply"].lengths() + 1  # + <eos>: the target tokens
     books = _Books(run, state, train_cfg.log_every, writer, reply_tokens, train_cfg.batch_size)
     model.tokens_per_batch = books.tokens_per_batch / replicas_in_sync  # each replica's share of a batch
     valid_batches = list(BatchIterator(valid_split, VALID_BATCH, seed=0))

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from ergo.batching import BatchIterator, batch_order, count_target_tokens, make_batch, pad
+from ergo.splits import Ragged
 from ergo.vocab import EOS_ID, GO_ID, PAD_ID
 
 
@@ -10,7 +11,7 @@ def make_split(n=300, seed=0):
     rng = np.random.default_rng(seed)
     context = [np.concatenate([[i + 5], rng.integers(5, 99, rng.integers(0, 30))]).astype(np.int32) for i in range(n)]
     reply = [np.concatenate([[i + 5], rng.integers(5, 99, rng.integers(0, 15))]).astype(np.int32) for i in range(n)]
-    return {"context": context, "reply": reply}
+    return {"context": Ragged.from_rows(context), "reply": Ragged.from_rows(reply)}
 
 
 def epoch(split, **kw):
@@ -57,8 +58,7 @@ def test_resume_from_a_batch_index():
 
 def test_bucketing_pads_less_than_random_batches():
     split = make_split(2000)
-    context_lens = np.array([len(c) for c in split["context"]])
-    reply_lens = np.array([len(r) for r in split["reply"]])
+    context_lens, reply_lens = split["context"].lengths(), split["reply"].lengths()
 
     def padding(order):
         total = 0

@@ -48,6 +48,24 @@ def test_ubuntu_v1_merges_consecutive_messages_of_one_sender(tmp_path):
     assert sum(log.skipped.values()) == 1 and "dialogs/3/2.tsv:2" in log.examples[next(iter(log.skipped))][0]
 
 
+def test_ubuntu_v1_is_read_while_its_tree_is_listed(tmp_path):
+    """The first dialog is read before later folders are listed: a file made after the first
+    conversation came out is still read, in its sorted place (the sorted order of paths)."""
+    root = write_ubuntu_v1(tmp_path / "ubuntu")
+    (root / "dialogs" / "10").mkdir()
+    (root / "dialogs" / "10" / "5.tsv").write_text("2005-01-02T10:00:00.000Z\ta\t\tfirst?\n"
+                                                   "2005-01-02T10:00:09.000Z\tb\ta\tfirst!\n", encoding="utf-8")
+    corpus = corpora.resolve(str(root))
+    conversations = corpora.read(corpus, ReadLog())
+    assert next(conversations) == ["first?", "first!"]  # dialogs/10 sorts before dialogs/3
+    (root / "dialogs" / "3" / "0.tsv").write_text(  # dialogs/3 is not listed yet: the walk is in dialogs/10
+        "2006-01-01T00:00:00.000Z\tc\t\tmade after the first was read\n"
+        "2006-01-01T00:00:05.000Z\td\tc\tand still read\n", encoding="utf-8")
+    rest = list(conversations)
+    assert [c[0] for c in rest] == ["made after the first was read", "any ideas why java plugin takes so long to load?",
+                                    "how do i mount a usb stick?"]
+
+
 def test_ubuntu_v2_keeps_only_label_1_replies_and_reads_test_files(tmp_path):
     (tmp_path / "train.csv").write_text(UBUNTU_V2_TRAIN, encoding="utf-8")
     (tmp_path / "test.csv").write_text(UBUNTU_V2_TEST, encoding="utf-8")

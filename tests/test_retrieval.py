@@ -5,8 +5,10 @@ import functools
 
 import numpy as np
 
-from ergo.retrieval import (SEARCH_BLOCK, RetrievalIndex, fixed_point, _sentence_vectors, block_products,
-                            row_products)
+from ergo.retrieval import (EARLIER_TURN, SEARCH_BLOCK, RetrievalIndex, fixed_point, _sentence_vectors,
+                            block_products, row_products)
+from ergo.splits import Ragged
+from ergo.vocab import SEP_ID
 
 
 def random_index(rows: int, dim: int = 64, words: int = 50, seed: int = 0):
@@ -45,9 +47,25 @@ def test_search_finds_the_neighbours_float32_products_of_the_file_find():
     index, exact = random_index(2 * SEARCH_BLOCK + 123)
     for context in ([5, 9, 12], [40], [3, 3, 8, 21, 33]):
         context = np.array(context, np.int32)
-        query = _sentence_vectors([context], index.word_vectors, index.word_weight)[0]
+        query = _sentence_vectors(Ragged.from_rows([context]), index.word_vectors, index.word_weight)[0]
         sims = exact @ query
         nearest = np.argsort(-sims, kind="stable")[:10]
         found = index.search(context, 10)
         assert [ids for ids, _ in found] == [[int(i)] for i in nearest]
         np.testing.assert_allclose([s for _, s in found], sims[nearest], atol=1e-5)
+
+
+def test_sentence_vectors_weigh_each_turn_by_its_distance_from_the_last_one():
+    """Over a whole split at once (one cumulative count of separators), each row gets what it gets alone."""
+    rng = np.random.default_rng(5)
+    word_vectors = rng.normal(size=(30, 8)).astype(np.float32)
+    word_weight = rng.uniform(0.1, 1.0, 30).astype(np.float32)
+    word_weight[SEP_ID] = 0.0
+    rows = [[7, 8, SEP_ID, 9], [], [SEP_ID, 11, SEP_ID, 12, 13, SEP_ID, 14], [15], [16, SEP_ID]]
+    together = _sentence_vectors(Ragged.from_rows(rows), word_vectors, word_weight)
+    for row, vector in zip(rows, together):
+        ids = np.array(row, np.int64)
+        after = np.array([np.sum(ids[i + 1:] == SEP_ID) for i in range(len(ids))])
+        expected = (word_weight[ids] * EARLIER_TURN ** after) @ word_vectors[ids] if len(ids) else np.zeros(8)
+        expected = expected / max(np.linalg.norm(expected), 1e-8)
+        np.testing.assert_allclose(vector, expected, rtol=1e-5, atol=1e-6)

@@ -15,12 +15,24 @@ from ergo.dataset import preprocess
 from ergo.evaluation import COMBINED_KEY, SELECTOR_KEY, evaluate
 from ergo.ranking import RANKING_FILE, WEIGHTS
 from ergo.retrieval import INDEX_FILE
-from ergo.selector import FOLDER, has_selector
+from ergo.selector import FOLDER, has_selector, reply_keys
+from ergo.splits import Ragged
 from ergo.training import add_selector, train
 from fixtures import _PLACES, synthetic_conversations, write_text_corpus
 
 TINY = PRESETS["tiny"]
 QUIET = dict(progress=False, log=lambda *_: None)
+
+
+def test_reply_keys_give_equal_replies_one_key_in_order_of_first_appearance():
+    rng = np.random.default_rng(2)
+    pool = [[], [5], [5, 6], [6, 5], [5, 6, 7], [-1 + 8], [7, 7, 7, 7]]  # [] and prefixes must stay apart
+    rows = [pool[i] for i in rng.integers(0, len(pool), 400)]
+    keys, distinct = reply_keys(Ragged.from_rows(rows))
+    seen: dict = {}
+    expected = [seen.setdefault(tuple(r), len(seen)) for r in rows]
+    assert keys.tolist() == expected
+    assert [d.tolist() for d in distinct] == [list(t) for t in seen]
 
 
 @pytest.fixture(scope="module")

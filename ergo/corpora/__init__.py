@@ -69,7 +69,7 @@ def detect(path: Path) -> str:
             return "cornell"
         if any(ubuntu.is_v2_csv(p) for p in path.glob("*.csv")):
             return "ubuntu"
-        first_tsv = next(iter(sorted(path.rglob("*.tsv"))), None)
+        first_tsv = next(ubuntu.v1_files(path), None)
         if first_tsv and _UBUNTU_V1_LINE.match(_first_line(first_tsv) + "\t"):
             return "ubuntu"
         return "folder"

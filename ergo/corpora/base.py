@@ -59,8 +59,15 @@ def _decode_error(path: Path, encoding: str, number: int, byte: int, column: int
 
 
 def iter_lines(path: Path, encoding: str = "utf-8", log: ReadLog | None = None) -> Iterator[tuple[int, str]]:
-    """(line number, text without the line break) for each line, decoding line by line so that a
-    wrong encoding is reported with its exact place instead of a bare UnicodeDecodeError.
+    """(line number, text without the line break) for each line: `iter_lines_at` without the offsets."""
+    for number, _, line in iter_lines_at(path, encoding, log):
+        yield number, line
+
+
+def iter_lines_at(path: Path, encoding: str = "utf-8",
+                  log: ReadLog | None = None) -> Iterator[tuple[int, int, str]]:
+    """(line number, byte offset of its start, text without the line break) for each line, decoding line
+    by line so that a wrong encoding is reported with its exact place instead of a bare UnicodeDecodeError.
 
     A line over MAX_LINE_BYTES (a binary file, a file without line breaks) is never held in memory
     whole: it is skipped and counted in `log`, or refused where there is no log."""
@@ -71,12 +78,14 @@ def iter_lines(path: Path, encoding: str = "utf-8", log: ReadLog | None = None) 
     with f:
         _check_encoding(path, encoding, f.read(4))
         f.seek(0)
-        number = 0
+        number = offset = 0
         while raw := f.readline(MAX_LINE_BYTES + 1):
             number += 1
+            start, offset = offset, offset + len(raw)
             if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
                 while (rest := f.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
-                    pass
+                    offset += len(rest)
+                offset += len(rest)
                 if log is None:
                     raise CorpusError(f"{path}:{number}: a line longer than {MAX_LINE_BYTES >> 20} MiB; "
                                       f"is this a corpus file?")
@@ -88,7 +97,7 @@ def iter_lines(path: Path, encoding: str = "utf-8", log: ReadLog | None = None) 
                 raise _decode_error(path, encoding, number, raw[e.start], e.start + 1) from None
             if number == 1:
                 line = line.lstrip("\ufeff")
-            yield number, line.rstrip("\r\n")
+            yield number, start, line.rstrip("\r\n")
 
 
 def read_text(path: Path, encoding: str, max_bytes: int, what: str) -> str:

@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from tqdm import tqdm
-
 from ..errors import CorpusError
+from ..files import iter_files
 from .base import MAX_LINE_BYTES, Conversation, ReadLog, iter_lines
 
 EOU, EOT = "__eou__", "__eot__"
@@ -30,8 +29,10 @@ def is_v2_csv(path: Path) -> bool:
     return "Context" in header and any(c in header for c in REPLY_COLUMNS)
 
 
-def v1_files(path: Path) -> list[Path]:
-    return sorted(p for p in Path(path).rglob("*.tsv") if p.is_file())
+def v1_files(path: Path) -> Iterator[Path]:
+    """The dialogs' .tsv files in sorted order, as the tree is listed: v1 has about 930,000 of them, and
+    the first is read before the last folder is listed."""
+    return (p for p in iter_files(Path(path)) if p.suffix == ".tsv")
 
 
 def read(path: Path, log: ReadLog, encoding: str | None = None) -> Iterator[Conversation]:
@@ -47,11 +48,12 @@ def read(path: Path, log: ReadLog, encoding: str | None = None) -> Iterator[Conv
         for p in csvs:
             yield from _read_v2(p, log, encoding)
         return
-    files = v1_files(path)
-    if not files:
-        raise CorpusError(f"{path}: no Ubuntu dialogs (*.tsv under dialogs/) and no v2 csv files")
-    for file in tqdm(files, desc="ubuntu dialogs", unit="file", mininterval=1, disable=len(files) < 1000):
+    found = False
+    for file in v1_files(path):
+        found = True
         yield _read_v1_dialog(file, log, encoding)
+    if not found:
+        raise CorpusError(f"{path}: no Ubuntu dialogs (*.tsv under dialogs/) and no v2 csv files")
 
 
 def _read_v1_dialog(file: Path, log: ReadLog, encoding: str) -> Conversation:
