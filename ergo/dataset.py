@@ -237,17 +237,19 @@ def _membership(parts: dict[str, np.ndarray], n: int) -> np.ndarray:
     return which
 
 
-def count_training_words(tokens: Path, which: np.ndarray, w2v_corpus: Path) -> Counter:
+def count_training_words(tokens: Path, which: np.ndarray, w2v_corpus: Path | None) -> Counter:
     """Pass 2: word counts of the training conversations, whose turns are also written to `w2v_corpus`
-    (one a line, tokens split by spaces: gensim's LineSentence format) for word2vec. The few tokens with a
-    space inside ("...  ...", a phone number) reach word2vec as their parts, and get no vector of their own."""
+    (one a line, tokens split by spaces: gensim's LineSentence format) for word2vec; None (pretrained
+    vectors) writes nothing. The few tokens with a space inside (". . .", a phone number) reach word2vec
+    as their parts, and get no vector of their own."""
     counts: Counter = Counter()
-    with open(w2v_corpus, "w", encoding="utf-8") as out:
+    with open(w2v_corpus or os.devnull, "w", encoding="utf-8") as out:
         for c, turns in enumerate(_read_token_file(tokens)):
             if which[c] == 0:
                 for turn in turns:
                     counts.update(turn.split(TOKEN_SEP))
-                out.write("\n".join(turns).replace(TOKEN_SEP, " ") + "\n")
+                if w2v_corpus:
+                    out.write("\n".join(turns).replace(TOKEN_SEP, " ") + "\n")
     return counts
 
 
@@ -337,7 +339,7 @@ def preprocess(corpus: Corpus, cfg: DataConfig, out_dir: Path, *, embeddings: Pa
     where = corpus.path or "the chitchat corpus"
     log = ReadLog()
     with atomic_dir(out_dir) as tmp:
-        tokens, w2v_corpus = tmp / TOKENS, tmp / W2V_CORPUS
+        tokens, w2v_corpus = tmp / TOKENS, None if embeddings else tmp / W2V_CORPUS
         n, turns = tokenise_corpus(corpus, cfg, log, encoding, tokens,
                             workers if source["bytes"] >= PARALLEL_FROM_BYTES else 1, progress)
         timings["read+tokenise"] = time.perf_counter() - started
@@ -370,7 +372,7 @@ def preprocess(corpus: Corpus, cfg: DataConfig, out_dir: Path, *, embeddings: Pa
             w2v_epochs = word2vec_epochs(cfg.w2v_epochs, sum(counts.values()))
             vectors = train_word2vec(w2v_corpus, cfg.embedding_dim, min_count=cfg.min_count,
                                      window=cfg.w2v_window, epochs=w2v_epochs, seed=cfg.seed, workers=workers)
-        w2v_corpus.unlink()
+            w2v_corpus.unlink()
         matrix, coverage = embedding_matrix(vectors, vocab, cfg.seed)
         timings["word2vec"] = time.perf_counter() - t
 

@@ -220,7 +220,7 @@ def train_selector(data: PreparedData, cfg: SelectorConfig, out_dir: Path, *, mi
     return info
 
 
-def save_selector(model: ReplySelector, vocab: Vocab, replies: Ragged | Sequence[np.ndarray], out_dir: Path,
+def save_selector(model: ReplySelector, vocab: Vocab, replies: Ragged, out_dir: Path,
                   info: dict) -> dict:
     """Write the folder `out_dir` (replaced whole): the model, and the index of `replies` (distinct)
     encoded by its reply tower. `info` joins the settings in config.json, which is returned."""
@@ -228,7 +228,6 @@ def save_selector(model: ReplySelector, vocab: Vocab, replies: Ragged | Sequence
     info = {"selector_config": to_dict(model.cfg), "vocab_size": len(vocab),
             "embedding_dim": int(model.embedding.output_dim), "vocab_digest": vocab_digest(vocab),
             "replies": len(replies), **info}
-    replies = replies if isinstance(replies, Ragged) else Ragged.from_rows(replies)
     offsets, ids = replies.offsets, np.asarray(replies.ids, np.int32)
     from .bundle import save_weights_only
     with atomic_dir(Path(out_dir)) as tmp:

@@ -24,6 +24,7 @@ import numpy as np
 from .errors import ErgoError
 
 IDS, OFFSETS = np.dtype("<i4"), np.dtype("<i8")
+REBUILD = "preprocess again (python main.py --preprocess --force)"
 PARTS = ("context", "reply")
 
 
@@ -149,11 +150,10 @@ def _load(path: Path, dtype: np.dtype, mmap: bool) -> np.ndarray:
         array_ = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:  # a pickle, a damaged header, a truncated file
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ErgoError(f"{path} is not a data file ErGo wrote ({reason}); it was not loaded: "
-                        f"preprocess again (python main.py --preprocess --force)") from None
+        raise ErgoError(f"{path} is not a data file ErGo wrote ({reason}); it was not loaded: {REBUILD}") from None
     if array_.dtype != dtype or array_.ndim != 1:
         raise ErgoError(f"{path} holds {array_.dtype} of {array_.ndim} dimensions, not a 1-D {dtype} array ErGo "
-                        f"wrote; preprocess again (python main.py --preprocess --force)")
+                        f"wrote; {REBUILD}")
     return np.asarray(array_)  # a plain ndarray view of the map: numpy's memmap subclass follows every slice
 
 
@@ -166,11 +166,9 @@ def load_split(folder: Path, name: str) -> dict:
         ids = _load(files[2 * k], IDS, mmap=True)
         offsets = _load(files[2 * k + 1], OFFSETS, mmap=False)
         if not (len(offsets) and offsets[0] == 0 and offsets[-1] == len(ids) and np.all(np.diff(offsets) >= 0)):
-            raise ErgoError(f"{files[2 * k + 1]} does not index {files[2 * k].name}; preprocess again "
-                            f"(python main.py --preprocess --force)")
+            raise ErgoError(f"{files[2 * k + 1]} does not index {files[2 * k].name}; {REBUILD}")
         split[part] = Ragged(ids, offsets)
     split["conversation"] = _load(files[4], IDS, mmap=False)
     if not len(split["context"]) == len(split["reply"]) == len(split["conversation"]):
-        raise ErgoError(f"{folder}: the files of split {name} are of different lengths; preprocess again "
-                        f"(python main.py --preprocess --force)")
+        raise ErgoError(f"{folder}: the files of split {name} are of different lengths; {REBUILD}")
     return split

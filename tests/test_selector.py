@@ -167,7 +167,7 @@ def test_lstm_towers_save_load_and_score(bot, tmp_path):
     cfg = override(TINY.selector, encoder="lstm")
     model = build_selector(cfg, len(bot.vocab), embedding_dim=bot.selector.model.embedding.output_dim)
     replies = [np.array(bot.vocab.encode(_words(f"{p} is nice.")), np.int32) for p in _PLACES]
-    save_selector(model, bot.vocab, replies, tmp_path / FOLDER, {"note": "untrained"})
+    save_selector(model, bot.vocab, Ragged.from_rows(replies), tmp_path / FOLDER, {"note": "untrained"})
     loaded = Selector.load(tmp_path, bot.vocab)
     context = bot.context(["i live in rome."])
     np.testing.assert_allclose(loaded.score(context, replies), np.asarray(model((context[None], _padded(replies))))[0],

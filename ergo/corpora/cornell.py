@@ -32,6 +32,10 @@ def find_files(path: Path) -> tuple[Path, Path] | None:
     return None
 
 
+def _zero_padded(line_id: str) -> bool:
+    return line_id[1] == "0" and len(line_id) > 2
+
+
 class _LineIndex:
     """Where each line of movie_lines.txt starts, by its id: the texts stay in the file, read back when a
     conversation names them (the page cache holds the file), so memory is 16 bytes a line, not the text.
@@ -49,7 +53,7 @@ class _LineIndex:
             line_id = fields[0].strip()
             if not _LINE_ID.fullmatch(line_id):
                 continue  # no conversation can name it (they name L<digits>)
-            if line_id[1] == "0" and len(line_id) > 2:
+            if _zero_padded(line_id):
                 self.named[line_id] = offset
             else:
                 numbers.append(int(line_id[1:]))
@@ -65,7 +69,7 @@ class _LineIndex:
         at = np.searchsorted(self.numbers, plain, side="right") - 1
         out = []
         for line_id, number, k in zip(line_ids, plain, at):
-            if line_id[1] == "0" and len(line_id) > 2:
+            if _zero_padded(line_id):
                 offset = self.named.get(line_id)
             else:
                 offset = int(self.offsets[k]) if k >= 0 and self.numbers[k] == number else None
