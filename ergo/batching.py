@@ -93,7 +93,10 @@ class BatchIterator:
 def as_keras_data(batches):
     """A keras.utils.PyDataset of numpy batches as `fit` input: on TensorFlow a tf.data pipeline with
     open widths (a PyDataset would pin them to the widths of its first two batches; the spec is read
-    from the first batch), on other backends the PyDataset as it is."""
+    from the first batch), on other backends the PyDataset as it is.
+
+    Under several workers each keeps its slice of every batch (DATA sharding: see ergo/cluster.py); said
+    outright, tf.data would first try to shard by files, which a generator has none of, and warn."""
     import keras
     if keras.backend.backend() != "tensorflow":
         return batches
@@ -101,4 +104,6 @@ def as_keras_data(batches):
     spec = tf.nest.map_structure(lambda a: tf.TensorSpec([None] * np.ndim(a), tf.as_dtype(np.asarray(a).dtype)),
                                  batches[0])
     data = tf.data.Dataset.from_generator(lambda: (batches[i] for i in range(len(batches))), output_signature=spec)
-    return data.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(2)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return data.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(2).with_options(options)

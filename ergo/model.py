@@ -39,6 +39,18 @@ def masked_loss(targets, logits, label_smoothing: float = 0.0, tokens_per_batch:
     return _masked_mean(losses, targets, tokens_per_batch)
 
 
+def _per_replica(loss):
+    """A replica's loss as Keras's TensorFlow trainer takes it under tf.distribute: divided by the replicas
+    in sync, as its own losses are. The trainer sums the replicas' gradients and multiplies the logged loss
+    back; undivided, gradients came out that many times too large and the logged perplexities squared (2 replicas)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            return loss / replicas
+    return loss
+
+
 def _masked_mean(losses, targets, tokens_per_batch: float = 0.0):
     """The loss of the real target tokens, over their number; or, given `tokens_per_batch`, over that
     constant instead, so that each token weighs the same in every batch (see Seq2Seq.tokens_per_batch)."""
@@ -193,10 +205,10 @@ class Seq2Seq(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if not training:
-            return masked_loss(y, y_pred)
+            return _per_replica(masked_loss(y, y_pred))
         if self.cfg.sampled_softmax:
-            return _masked_mean(self._sampled_losses(y_pred, y), y, self.tokens_per_batch)
-        return masked_loss(y, y_pred, self.label_smoothing, self.tokens_per_batch)
+            return _per_replica(_masked_mean(self._sampled_losses(y_pred, y), y, self.tokens_per_batch))
+        return _per_replica(masked_loss(y, y_pred, self.label_smoothing, self.tokens_per_batch))
 
     def _sampled_losses(self, features, targets):
         """Per-token sampled-softmax loss: the true class against S log-uniform negatives shared by

@@ -7,7 +7,7 @@ of the Ubuntu corpus's ranking task, Lowe et al. 2015, trained as Henderson et a
 that occurs twice in a batch ("lol") is not taken as a negative of its own context.
 
 Because a reply's vector does not depend on the context, every distinct training reply is encoded
-once, into an index: retrieval then looks for the replies nearest the context's vector, replies that
+once, into an index (past MAX_PAIRS of them, an even seeded sample, as ergo/retrieval.py caps its own): retrieval then looks for the replies nearest the context's vector, replies that
 fit it, rather than for the replies of similar contexts (ergo/retrieval.py's older index).
 
 It is a folder, selector/, in a bundle (and in a run folder: it depends on the data alone, so a run
@@ -15,7 +15,7 @@ trains it once and carries it into every best/), written whole or not at all:
 
     config.json    settings, the vocabulary's digest, recall@k of 10 on the validation split
     model.weights.h5   the towers
-    index.npz      the index: every distinct training reply, its ids and its vector
+    index.npz      the index: the distinct training replies (at most MAX_PAIRS), their ids and vectors
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from .dataset import PreparedData
 from .errors import ErgoError
 from .files import atomic_dir
 from .model import _dense, _embedding, _lstm
-from .retrieval import fixed_point, row_products, vocab_digest
+from .retrieval import MAX_PAIRS, fixed_point, row_products, vocab_digest
 from .splits import Ragged
 from .vocab import PAD_ID, SEP_ID, Vocab
 
@@ -205,7 +205,7 @@ def train_selector(data: PreparedData, cfg: SelectorConfig, out_dir: Path, *, mi
         model.fit(as_keras_data(_Batches(train, keys, cfg.batch_size, seed, epoch)), epochs=1, shuffle=False,
                   verbose=(1 if sys.stdout.isatty() else 2) if progress else 0, callbacks=[_Deadline(deadline)])
         epochs = epoch + 1
-    info = {"corpus": data.manifest["corpus"]["name"], "epochs": epochs}
+    info = {"corpus": data.manifest["corpus"]["name"], "epochs": epochs, "distinct_replies": len(distinct)}
     valid = data.split("valid")
     if len(reply_keys(valid["reply"])[1]) >= 10:
         from .ranking import recall, recall_rows
@@ -213,6 +213,8 @@ def train_selector(data: PreparedData, cfg: SelectorConfig, out_dir: Path, *, mi
         info["valid_recall"] = recall(pool_scores(model, [valid["context"][i] for i in pool],
                                                   [valid["reply"][i] for i in pool], rows))
     info["training_seconds"] = round(time.perf_counter() - started, 1)
+    if len(distinct) > MAX_PAIRS:
+        distinct = distinct.take(np.sort(np.random.default_rng(seed).choice(len(distinct), MAX_PAIRS, replace=False)))
     info = save_selector(model, vocab, distinct, out_dir, info)
     recall_text = "/".join(f"{v:.3f}" for v in info.get("valid_recall", {}).values())
     log(f"reply selector: {epochs} epochs in {info['training_seconds']:.0f} s"

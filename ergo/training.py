@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -41,6 +42,7 @@ from tqdm import tqdm
 
 from .batching import BatchIterator, as_keras_data, make_batch
 from .bundle import save_bundle
+from .cluster import Cluster
 from .config import ModelConfig, SelectorConfig, TrainConfig, to_dict
 from .dataset import PreparedData
 from .errors import ErgoError
@@ -290,14 +292,17 @@ class _Clock(keras.callbacks.Callback):
     budget spent: an optional warm-up, then a linear fall to `final_lr` times the epoch's rate. A run that knows when it
     ends spends its last minutes on small steps that settle the weights, instead of on steps as large
     as its first; this is the schedule of "budgeted training" (Li et al., 2020).
+
+    On several workers every decision, the rate included, is taken together (ergo/cluster.py).
     """
 
     def __init__(self, state: TrainState, cfg: TrainConfig, bar=None, reserve: float = 0.0, tail: float = 0.0,
-                 tail_seconds: float = 0.0):
+                 tail_seconds: float = 0.0, cluster: Cluster = Cluster()):
         """`reserve`: the expected seconds of a validation and its saves, until one has been timed;
         `tail` and `tail_seconds`: the work after the last one (the ranking's choice), as a share of a
         validation's scoring plus a fixed time."""
         super().__init__()
+        self.cluster = cluster
         self.tail, self.tail_seconds = tail, tail_seconds
         self.state, self.cfg, self.bar = state, cfg, bar
         self.budget = cfg.minutes * 60.0
@@ -333,14 +338,14 @@ class _Clock(keras.callbacks.Callback):
         """When the fit in progress must end."""
         return min(self.validation_at(), self.next_save)
 
-    def spent(self) -> bool:
-        return bool(self.budget) and self.elapsed() >= self.budget - self.reserve
-
-    def validation_due(self) -> bool:
-        return self.elapsed() >= self.validation_at()
-
-    def save_due(self) -> bool:
-        return self.elapsed() >= self.next_save
+    def due(self) -> "_Due":
+        """What is due now, as all workers agree: the end of the fit, a validation, a save, the budget's end,
+        and the learning rate of the next step (0 without a schedule)."""
+        now = self.elapsed()
+        *flags, rate = self.cluster.agree([
+            now >= self.stop_at(), now >= self.validation_at(), now >= self.next_save,
+            bool(self.budget) and now >= self.budget - self.reserve, self.rate() if self.scheduled else 0.0])
+        return _Due(*(bool(f) for f in flags), float(rate))
 
     def rate(self) -> float:
         """The learning rate this step, from the epoch's rate and the share of the budget spent."""
@@ -348,18 +353,30 @@ class _Clock(keras.callbacks.Callback):
         warm = min(1.0, share / self.cfg.warmup) if self.cfg.warmup else 1.0
         return self.state.learning_rate * warm * (1.0 - (1.0 - self.cfg.final_lr) * share)
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def _next_step(self, due: "_Due") -> None:
         if self.scheduled:  # the default (constant) rate costs the step nothing
-            self.model.optimizer.learning_rate.assign(self.rate())
+            self.model.optimizer.learning_rate.assign(due.rate)
+
+    def on_train_begin(self, logs=None):
+        self._next_step(self.due())
 
     def on_train_batch_end(self, batch, logs=None):
-        now = self.elapsed()
+        due = self.due()
         if self.bar is not None:
             self.bar.set_postfix_str(f"epoch {self.state.epoch + 1}, step {self.state.step:,}, "
                                      f"loss {float(logs['loss']):.3f}", refresh=False)
-            self.bar.update(min(round(now), self.bar.total) - self.bar.n)  # redrawn at most once a second
-        if now >= self.stop_at():
+            self.bar.update(min(round(self.elapsed()), self.bar.total) - self.bar.n)  # redrawn at most once a second
+        if due.stop:
             self.model.stop_training = True
+        self._next_step(due)
+
+
+class _Due(NamedTuple):
+    stop: bool
+    validation: bool
+    save: bool
+    spent: bool
+    rate: float
 
 
 class _TensorBoard:
@@ -454,12 +471,6 @@ def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, mo
 def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progress, init_embeddings, callbacks,
            strategy_scope, log) -> TrainState:
     vocab, matrix = data.vocab(), data.embeddings()
-    run = RunFolder(Path(model_dir), {
-        "model_config": to_dict(model_cfg), "data_key": data.manifest["key"],
-        "vocab_size": len(vocab), "embedding_dim": int(matrix.shape[1]),
-        "corpus": data.manifest["corpus"]["name"], "word2vec_init": init_embeddings,
-        "batch_size": train_cfg.batch_size})  # a resume at batch k of another size would skip or repeat pairs
-    resume = run.claim(resume, log)
     train_split, valid_split = data.split("train"), data.split("valid")
     if not valid_split["reply"]:
         raise ErgoError("the validation split is empty: preprocess a corpus with more conversations")
@@ -467,28 +478,40 @@ def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progr
     configure_threads()
     if train_cfg.mixed_precision:
         _mixed_precision(log)
-    keras.utils.set_random_seed(data.data_config.seed)
     with strategy_scope if strategy_scope is not None else _distribution_scope():
+        cluster = Cluster.current()
+        run = RunFolder(cluster.run_dir(model_dir), {
+            "model_config": to_dict(model_cfg), "data_key": data.manifest["key"],
+            "vocab_size": len(vocab), "embedding_dim": int(matrix.shape[1]),
+            "corpus": data.manifest["corpus"]["name"], "word2vec_init": init_embeddings,
+            "batch_size": train_cfg.batch_size})  # a resume at batch k of another size would skip or repeat pairs
+        resume = run.claim(resume, log)
+        keras.utils.set_random_seed(data.data_config.seed)
         model = (build_seq2seq(model_cfg, len(vocab), matrix) if init_embeddings else
                  build_seq2seq(model_cfg, len(vocab), embedding_dim=matrix.shape[1]))
         compile_for_training(model, train_cfg)
+        cluster.prepare(model)
         replicas_in_sync = _replicas()
         # the optimizer's variables, built on resume, must be made under the strategy too
         state = load_latest(run, model, log) if resume else TrainState(learning_rate=train_cfg.learning_rate)
+    if not cluster.same([state.epoch, state.position, state.step]):
+        raise ErgoError(f"the workers' latest checkpoints are at different steps (this one, {run.path}/, at "
+                        f"step {state.step:,}): resume every worker from copies of the chief's latest/")
+    rank = functools.partial(_rank, run, data, log=log) if cluster.chief else lambda state, **_: state
     if resume:
         for name in ("steps.csv", "metrics.csv"):
             _trim_csv(run.file(name), state.step)
         log(f"resuming {run.path}/ after epoch {state.epoch}, batch {state.position} "
             f"(best validation perplexity so far {state.best_valid_ppl:.2f}, {state.elapsed / 60:.1f} min in)")
     budget = train_cfg.minutes * 60.0
-    if budget and (state.elapsed >= budget or train_cfg.minutes <= state.spent_minutes):
+    if budget and cluster.agree([state.elapsed >= budget or train_cfg.minutes <= state.spent_minutes])[0]:
         log(f"this run has used its {train_cfg.minutes:g} minutes: pass a larger --minutes to train on")
-        return _rank(run, data, state, log, only_missing=True)
+        return rank(state, only_missing=True)
     if state.stopped_early or state.epoch >= train_cfg.epochs:
         log(f"this run has ended ({'early stop' if state.stopped_early else f'{state.epoch} epochs'}): "
             f"nothing to train" + ("" if state.stopped_early else "; pass a larger --epochs to train on"))
-        return _rank(run, data, state, log, only_missing=True)
-    wanted = selector_cfg is not None and selector_cfg.encoder != "none" and (selector_cfg.share or not budget)
+        return rank(state, only_missing=True)
+    wanted = cluster.chief and selector_cfg is not None and selector_cfg.encoder != "none" and (selector_cfg.share or not budget)
     if wanted and not has_selector(run.path):
         started = time.perf_counter()
         left = max(budget - state.elapsed, 1.0) / 60 if budget else 0.0
@@ -502,12 +525,15 @@ def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progr
     writer = _TensorBoard.create(run.file("logs"))
     reply_tokens = train_split["reply"].lengths() + 1  # + <eos>: the target tokens
     books = _Books(run, state, train_cfg.log_every, writer, reply_tokens, train_cfg.batch_size)
-    model.tokens_per_batch = books.tokens_per_batch / replicas_in_sync  # each replica's share of a batch
+    model.tokens_per_batch = books.tokens_per_batch / replicas_in_sync  # each replica's share of a batch,
+    # over all workers: each keeps its slice of every batch (ergo/cluster.py)
     valid_batches = list(BatchIterator(valid_split, VALID_BATCH, seed=0))
     params = model.count_params()
     log(f"model: {params:,} parameters, {model_cfg.layers}x{model_cfg.hidden} LSTM, {model_cfg.attention} "
         f"attention; {len(train_split['reply']):,} training pairs, batch {train_cfg.batch_size}"
         + (f", {replicas_in_sync} replicas" if replicas_in_sync > 1 else "")
+        + (f" on {cluster.workers} workers (this is worker {cluster.index}"
+           + (", the chief" if cluster.chief else f", writing to {run.path}/") + ")" if cluster.workers > 1 else "")
         + (f"; training for {train_cfg.minutes:g} minutes" if budget else ""))
     bar = (tqdm(total=round(budget), initial=min(round(state.elapsed), round(budget)), unit="s", desc="train",
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s [{postfix}]", mininterval=1.0)
@@ -515,11 +541,11 @@ def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progr
     tail = _ranking_share(len(valid_split["reply"])) if has_selector(run.path) else 0.0
     tail_seconds = RANKING_LOAD_SECONDS if tail else 0.0
     reserve = _validation_seconds(model, valid_batches) * (1.0 + tail) + tail_seconds if budget else 0.0
-    clock = _Clock(state, train_cfg, bar, reserve=reserve, tail=tail, tail_seconds=tail_seconds)
+    clock = _Clock(state, train_cfg, bar, reserve=reserve, tail=tail, tail_seconds=tail_seconds, cluster=cluster)
     fit_seconds = 0.0
     say = (lambda m: bar.write(m)) if bar is not None else log  # lines above the bar, not through it
     validate = functools.partial(_validate, run, model, state, train_cfg, data, vocab, valid_batches, books,
-                                 clock, writer, say)
+                                 clock, writer, say, chief=cluster.chief)
     try:
         while state.epoch < train_cfg.epochs and not state.stopped_early:
             batches = BatchIterator(train_split, train_cfg.batch_size, seed=data.data_config.seed,
@@ -529,19 +555,20 @@ def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progr
                 log(f"epoch {state.epoch + 1}" + ("" if budget else f"/{train_cfg.epochs}"))
             if state.position < len(batches):  # none left when a run stopped during the epoch's validation
                 started = time.perf_counter()
-                model.fit(as_keras_data(_EpochBatches(batches)), epochs=1, shuffle=False,
-                          verbose=1 if progress and bar is None else 0, callbacks=[books, clock, *callbacks])
+                with cluster.fitting(model):
+                    model.fit(as_keras_data(_EpochBatches(batches)), epochs=1, shuffle=False,
+                              verbose=1 if progress and bar is None else 0, callbacks=[books, clock, *callbacks])
                 fit_seconds += time.perf_counter() - started
                 state.seconds += time.perf_counter() - started
-            epoch_end = state.position >= len(batches)
-            if epoch_end or clock.validation_due():
+            epoch_end, due = state.position >= len(batches), clock.due()
+            if epoch_end or due.validation:
                 validate(epoch_end=epoch_end, tokens_per_s=books.tokens / max(fit_seconds, 1e-9))
                 books.tokens, fit_seconds = 0, 0.0
-            elif clock.save_due():  # between validations: only the position and weights, for a kill
+            elif due.save:  # between validations: only the position and weights, for a kill
                 state.elapsed = clock.elapsed()
                 save_latest(run, model, state)
                 clock.saved()
-            if clock.spent():
+            if clock.due().spent:
                 state.spent_minutes, state.elapsed = train_cfg.minutes, clock.elapsed()
                 save_latest(run, model, state)
                 say(f"the {train_cfg.minutes:g}-minute budget is spent: stopped at epoch {state.epoch + 1}, "
@@ -557,7 +584,7 @@ def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progr
     finally:
         if bar is not None:
             bar.close()
-    return _rank(run, data, state, log)
+    return rank(state)
 
 
 def _rank(run: RunFolder, data: PreparedData, state: TrainState, log, only_missing: bool = False) -> TrainState:
@@ -628,9 +655,9 @@ def _validation_seconds(model, valid_batches) -> float:
 
 
 def _validate(run, model, state, train_cfg, data, vocab, valid_batches, books, clock, writer, log, *,
-              epoch_end: bool, tokens_per_s: float) -> None:
-    """Validation perplexity, then records, best/ (when it improved) and latest/, at an epoch's end or
-    within one. `state` moves on only once latest/ is saved: a Ctrl-C before that saves the run as
+              epoch_end: bool, tokens_per_s: float, chief: bool = True) -> None:
+    """Validation perplexity, then records, best/ (when it improved, on the chief) and latest/, at an
+    epoch's end or within one. `state` moves on only once latest/ is saved: a Ctrl-C before that saves the run as
     trained but not validated, and a resume validates again (and writes best/ again, if it was the best)."""
     started = time.perf_counter()
     if state.validated_step == state.step and not epoch_end:
@@ -654,7 +681,7 @@ def _validate(run, model, state, train_cfg, data, vocab, valid_batches, books, c
     if writer is not None:
         writer.scalar("valid/ppl", valid_ppl, state.step)
         writer.scalar("train/epoch_ppl", train_ppl, state.step)
-    if improved:
+    if improved and chief:
         _save_best(run, model, data, vocab, {
             "corpus": data.manifest["corpus"]["name"], "epoch": state.epoch + 1,
             "epoch_share": round(epoch_share, 4), "step": state.step,
@@ -676,7 +703,7 @@ def _validate(run, model, state, train_cfg, data, vocab, valid_batches, books, c
     done.__dict__.update(asdict(state))
     plot_curves(run)
     clock.validated(time.perf_counter() - started, scoring)
-    mark = " (best, saved to best/)" if improved else ""
+    mark = (" (best, saved to best/)" if chief else " (best)") if improved else ""
     log(f"{where}, {minutes:.1f} min: training perplexity {train_ppl:.2f}, validation perplexity "
         f"{valid_ppl:.2f}{mark}, {tokens_per_s:,.0f} target tokens/s")
     if done.stopped_early:

@@ -178,3 +178,19 @@ def test_lstm_towers_save_load_and_score(bot, tmp_path):
 def _padded(replies):
     from ergo.batching import pad
     return pad(replies, 8)
+
+
+def test_past_max_pairs_the_index_holds_an_even_sample_of_the_distinct_replies(trained, tmp_path, monkeypatch):
+    from ergo import selector
+    _, data = trained
+    monkeypatch.setattr(selector, "MAX_PAIRS", 15)
+    info = selector.train_selector(data, override(TINY.selector, epochs=1), tmp_path / FOLDER, **QUIET)
+    _, distinct = reply_keys(data.split("train")["reply"])
+    assert info["replies"] == 15 and info["distinct_replies"] == len(distinct) > 15
+    with np.load(tmp_path / FOLDER / "index.npz") as z:
+        assert len(z["vectors"]) == 15
+        indexed = Ragged(z["reply_ids"], z["reply_offsets"])
+    every = {tuple(distinct[i].tolist()) for i in range(len(distinct))}
+    chosen = [tuple(indexed[i].tolist()) for i in range(len(indexed))]
+    assert len(set(chosen)) == 15 and set(chosen) <= every
+    assert chosen != [tuple(distinct[i].tolist()) for i in range(15)]  # a sample, not the first 15

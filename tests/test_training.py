@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from ergo import corpora
+from ergo.batching import BatchIterator, make_batch
 from ergo.bundle import Bundle
 from ergo.config import PRESETS, override
 from ergo.dataset import preprocess
@@ -180,7 +181,7 @@ def test_latest_is_saved_within_epochs_and_a_damaged_one_falls_back_to_the_one_b
     assert steps == sorted(set(steps))  # the rows after the checkpoint it fell back to were dropped
 
 
-def test_mirrored_strategy_on_two_cpu_devices(data, tmp_path):
+def test_mirrored_strategy_on_two_cpu_devices(data, trained, tmp_path):
     script = textwrap.dedent(f"""
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -198,7 +199,76 @@ def test_mirrored_strategy_on_two_cpu_devices(data, tmp_path):
                        cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0, r.stderr[-2000:]
     assert "replicas 2 ppl" in r.stdout
+    # the same training as on one device: each replica's loss is over its share, the logged one exact
+    one_device = epochs(trained)[0]
+    assert float(epochs(tmp_path / "run")[0]["valid_ppl"]) == pytest.approx(float(one_device["valid_ppl"]), rel=0.02)
+    assert float(epochs(tmp_path / "run")[0]["train_ppl"]) == pytest.approx(float(one_device["train_ppl"]), rel=0.02)
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_train_one_run_each_on_its_slice_of_every_batch(data, trained, tmp_path):
+    """MultiWorkerMirroredStrategy across two processes on localhost, set up by TF_CONFIG as on a cluster."""
+    script = textwrap.dedent(f"""
+        import tensorflow as tf
+        from ergo.batching import BatchIterator, as_keras_data
+        from ergo.cluster import Cluster
+        from ergo.config import PRESETS, override
+        from ergo.dataset import PreparedData
+        from ergo.training import _EpochBatches, train
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()  # what train() makes of TF_CONFIG, kept here
+        data = PreparedData.open({str(data.path)!r})
+        state = train(data, PRESETS["tiny"].model, override(PRESETS["tiny"].train, epochs=1),
+                      {str(tmp_path / "run")!r}, progress=False, strategy_scope=strategy.scope())
+        with strategy.scope():
+            cluster = Cluster.current()
+        batches = BatchIterator(data.split("train"), PRESETS["tiny"].train.batch_size, seed=data.data_config.seed)
+        first = next(iter(cluster.strategy.experimental_distribute_dataset(as_keras_data(_EpochBatches(batches)))))
+        rows = cluster.strategy.experimental_local_results(first[0][0])[0].numpy()
+        print("worker", cluster.index, "of", cluster.workers, "step", state.step, "ppl", state.best_valid_ppl,
+              "rows", len(rows), "sum", int(rows.sum()))
+    """)
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = [subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+             "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
+        for i in range(2)]
+    try:
+        outs = [w.communicate(timeout=300) for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    for w, (out, err) in zip(workers, outs):
+        assert w.returncode == 0, err[-3000:]
+    said = [out.strip().splitlines()[-1].split() for out, _ in outs]
+    assert [s[1] for s in said] == ["0", "1"] and {s[3] for s in said} == {"2"}
+    # one machine's steps, and the same weights on both: the same validation perplexity, which is one device's
+    one_device = epochs(trained)[0]
+    assert said[0][5] == said[1][5] == one_device["step"]
+    assert float(said[0][7]) == float(said[1][7]) == pytest.approx(float(one_device["valid_ppl"]), rel=0.02)
+    # each worker kept its own slice of the first batch: together the whole batch
+    first = make_batch(data.split("train"), BatchIterator(data.split("train"), TINY.train.batch_size,
+                                                          seed=data.data_config.seed).order[0])[0]
+    slices = [int(s[9]) for s in said]
+    assert sum(slices) == len(first) and min(slices) > 0
+    assert int(said[0][11]) + int(said[1][11]) == int(first.sum())
+    # the chief wrote the run; the other worker only its own latest/, beside it
     assert (tmp_path / "run" / "best" / "model.weights.h5").is_file()
+    worker = tmp_path / "run.worker-1"
+    assert (worker / "latest" / "state.json").is_file() and not (worker / "best").exists()
+    assert json.loads((worker / "latest" / "state.json").read_text())["step"] == int(one_device["step"])
 
 
 def test_a_budget_validates_within_epochs_stops_when_spent_and_resumes(data, tmp_path):
