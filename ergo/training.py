@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import math
 import os
@@ -137,9 +138,9 @@ def save_latest(run: RunFolder, model, state: TrainState) -> None:
             tmp / "model.weights.h5")}, indent=2), encoding="utf-8")
 
 
-def load_latest(run: RunFolder, model, log=print) -> TrainState:
+def load_latest(run: RunFolder, model, log=print, repair: bool = True) -> TrainState:
     """The run's latest checkpoint; when it is damaged (a truncated or altered file), the one before it,
-    which then takes its place."""
+    which then takes its place (`repair` False: is only read, as by a worker that reads the chief's)."""
     latest = run.file("latest")
     model.optimizer.build(model.trainable_variables)  # so that load_weights restores its moments too
     problems = []
@@ -153,8 +154,9 @@ def load_latest(run: RunFolder, model, log=print) -> TrainState:
             continue
         if problems:
             log(f"warning: {problems[0]}; resuming from the checkpoint before it (step {state.step:,})")
-            shutil.rmtree(latest)
-            os.replace(folder, latest)
+            if repair:
+                shutil.rmtree(latest)
+                os.replace(folder, latest)
         return state
     raise ErgoError(f"cannot resume from {latest}/: {'; '.join(problems) or 'no checkpoint'}; "
                     f"train again in a new --model-dir")
@@ -485,7 +487,7 @@ def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progr
             "vocab_size": len(vocab), "embedding_dim": int(matrix.shape[1]),
             "corpus": data.manifest["corpus"]["name"], "word2vec_init": init_embeddings,
             "batch_size": train_cfg.batch_size})  # a resume at batch k of another size would skip or repeat pairs
-        resume = run.claim(resume, log)
+        source, resume = _resume_source(cluster, run, Path(model_dir), run.claim(resume, log), resume)
         keras.utils.set_random_seed(data.data_config.seed)
         model = (build_seq2seq(model_cfg, len(vocab), matrix) if init_embeddings else
                  build_seq2seq(model_cfg, len(vocab), embedding_dim=matrix.shape[1]))
@@ -493,10 +495,13 @@ def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progr
         cluster.prepare(model)
         replicas_in_sync = _replicas()
         # the optimizer's variables, built on resume, must be made under the strategy too
-        state = load_latest(run, model, log) if resume else TrainState(learning_rate=train_cfg.learning_rate)
-    if not cluster.same([state.epoch, state.position, state.step]):
-        raise ErgoError(f"the workers' latest checkpoints are at different steps (this one, {run.path}/, at "
-                        f"step {state.step:,}): resume every worker from copies of the chief's latest/")
+        state = (load_latest(source, model, log, repair=source is run) if resume
+                 else TrainState(learning_rate=train_cfg.learning_rate))
+    settings = hashlib.sha256(json.dumps([run.identity, to_dict(train_cfg)], sort_keys=True).encode()).digest()
+    if not cluster.same([int.from_bytes(settings[:6], "big"), state.epoch, state.position, state.step]):
+        raise ErgoError(f"the workers differ in their options or their latest checkpoints (this one: {source.path}/, "
+                        f"step {state.step:,}): start every worker with the same options, and resume them from "
+                        f"the chief's latest/ (on storage they all see, or copied into RUN.worker-K/latest/)")
     rank = functools.partial(_rank, run, data, log=log) if cluster.chief else lambda state, **_: state
     if resume:
         for name in ("steps.csv", "metrics.csv"):
@@ -511,7 +516,8 @@ def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progr
         log(f"this run has ended ({'early stop' if state.stopped_early else f'{state.epoch} epochs'}): "
             f"nothing to train" + ("" if state.stopped_early else "; pass a larger --epochs to train on"))
         return rank(state, only_missing=True)
-    wanted = cluster.chief and selector_cfg is not None and selector_cfg.encoder != "none" and (selector_cfg.share or not budget)
+    wanted = (cluster.chief and selector_cfg is not None and selector_cfg.encoder != "none"
+              and (selector_cfg.share or not budget))
     if wanted and not has_selector(run.path):
         started = time.perf_counter()
         left = max(budget - state.elapsed, 1.0) / 60 if budget else 0.0
@@ -521,13 +527,15 @@ def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progr
     elif wanted and _selector_encoder(run.path) != selector_cfg.encoder:
         log(f"note: this run's selector has {_selector_encoder(run.path)} towers and is kept; "
             f"`--train-selector --selector {selector_cfg.encoder}` replaces it")
+    state.elapsed = float(cluster.agree([state.elapsed])[0])  # the others waited for the chief's selector
     model.optimizer.learning_rate.assign(state.learning_rate)
     writer = _TensorBoard.create(run.file("logs"))
     reply_tokens = train_split["reply"].lengths() + 1  # + <eos>: the target tokens
     books = _Books(run, state, train_cfg.log_every, writer, reply_tokens, train_cfg.batch_size)
     model.tokens_per_batch = books.tokens_per_batch / replicas_in_sync  # each replica's share of a batch,
     # over all workers: each keeps its slice of every batch (ergo/cluster.py)
-    valid_batches = list(BatchIterator(valid_split, VALID_BATCH, seed=0))
+    valid_sample = _validation_sample(valid_split)
+    valid_batches = list(BatchIterator(valid_sample, VALID_BATCH, seed=0))
     params = model.count_params()
     log(f"model: {params:,} parameters, {model_cfg.layers}x{model_cfg.hidden} LSTM, {model_cfg.attention} "
         f"attention; {len(train_split['reply']):,} training pairs, batch {train_cfg.batch_size}"
@@ -538,7 +546,7 @@ def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progr
     bar = (tqdm(total=round(budget), initial=min(round(state.elapsed), round(budget)), unit="s", desc="train",
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s [{postfix}]", mininterval=1.0)
            if budget and progress else None)
-    tail = _ranking_share(len(valid_split["reply"])) if has_selector(run.path) else 0.0
+    tail = _ranking_share(len(valid_sample["reply"])) if has_selector(run.path) else 0.0
     tail_seconds = RANKING_LOAD_SECONDS if tail else 0.0
     reserve = _validation_seconds(model, valid_batches) * (1.0 + tail) + tail_seconds if budget else 0.0
     clock = _Clock(state, train_cfg, bar, reserve=reserve, tail=tail, tail_seconds=tail_seconds, cluster=cluster)
@@ -585,6 +593,30 @@ def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progr
         if bar is not None:
             bar.close()
     return rank(state)
+
+
+def _resume_source(cluster: Cluster, run: RunFolder, model_dir: Path, has_latest: bool, resume: bool):
+    """(The run folder to resume from, whether to resume): this worker's own; but a worker other than the
+    chief resumes from the chief's latest/ when it can see it (storage all workers share), so that every
+    worker starts at the step the chief saved, however each was stopped."""
+    chief = RunFolder(model_dir)
+    if resume and not cluster.chief and chief.file("latest/state.json").is_file():
+        return chief, True
+    return run, has_latest
+
+
+VALID_PAIRS = 20_000  # validation perplexity is measured on at most this many pairs (a seeded sample)
+
+
+def _validation_sample(split: dict) -> dict:
+    """The validation split, or past VALID_PAIRS an even seeded sample of it, the same at every validation
+    and resume: a big corpus's split (90,000 pairs for 2M utterances) would make each validation minutes long,
+    and 20,000 pairs measure perplexity to well under 1 %."""
+    n = len(split["reply"])
+    if n <= VALID_PAIRS:
+        return split
+    rows = np.sort(np.random.default_rng(0).choice(n, VALID_PAIRS, replace=False))
+    return {"context": split["context"].take(rows), "reply": split["reply"].take(rows)}
 
 
 def _rank(run: RunFolder, data: PreparedData, state: TrainState, log, only_missing: bool = False) -> TrainState:

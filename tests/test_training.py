@@ -205,6 +205,17 @@ def test_mirrored_strategy_on_two_cpu_devices(data, trained, tmp_path):
     assert float(epochs(tmp_path / "run")[0]["train_ppl"]) == pytest.approx(float(one_device["train_ppl"]), rel=0.02)
 
 
+def test_validation_measures_an_even_sample_of_a_big_split(data, monkeypatch):
+    from ergo import training
+    split = data.split("valid")
+    assert training._validation_sample(split) is split  # a split of chitchat's size is measured whole
+    monkeypatch.setattr(training, "VALID_PAIRS", 10)
+    sample, again = training._validation_sample(split), training._validation_sample(split)
+    assert len(sample["reply"]) == 10 and np.array_equal(sample["reply"].ids, again["reply"].ids)
+    pairs = {(tuple(split["context"][i]), tuple(split["reply"][i])) for i in range(len(split["reply"]))}
+    assert all((tuple(sample["context"][i]), tuple(sample["reply"][i])) in pairs for i in range(10))
+
+
 def _free_ports(n: int) -> list[int]:
     import socket
     sockets = [socket.socket() for _ in range(n)]
@@ -216,9 +227,11 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def test_two_workers_train_one_run_each_on_its_slice_of_every_batch(data, trained, tmp_path):
-    """MultiWorkerMirroredStrategy across two processes on localhost, set up by TF_CONFIG as on a cluster."""
+def test_two_workers_train_one_run_each_on_its_slice_of_every_batch_and_resume_together(data, trained, tmp_path):
+    """MultiWorkerMirroredStrategy across two processes on localhost, set up by TF_CONFIG as on a cluster:
+    one epoch, then a resume for a second, the other worker's own latest/ gone (it resumes from the chief's)."""
     script = textwrap.dedent(f"""
+        import shutil
         import tensorflow as tf
         from ergo.batching import BatchIterator, as_keras_data
         from ergo.cluster import Cluster
@@ -226,12 +239,18 @@ def test_two_workers_train_one_run_each_on_its_slice_of_every_batch(data, traine
         from ergo.dataset import PreparedData
         from ergo.training import _EpochBatches, train
         strategy = tf.distribute.MultiWorkerMirroredStrategy()  # what train() makes of TF_CONFIG, kept here
-        data = PreparedData.open({str(data.path)!r})
-        state = train(data, PRESETS["tiny"].model, override(PRESETS["tiny"].train, epochs=1),
-                      {str(tmp_path / "run")!r}, progress=False, strategy_scope=strategy.scope())
         with strategy.scope():
             cluster = Cluster.current()
-        batches = BatchIterator(data.split("train"), PRESETS["tiny"].train.batch_size, seed=data.data_config.seed)
+        data, run, tiny = PreparedData.open({str(data.path)!r}), {str(tmp_path / "run")!r}, PRESETS["tiny"]
+        first = train(data, tiny.model, override(tiny.train, epochs=1), run, progress=False,
+                      strategy_scope=strategy.scope())
+        print("first", first.step, first.best_valid_ppl)
+        cluster.agree([0])  # a barrier: the chief's latest/ is written
+        if not cluster.chief:
+            shutil.rmtree(run + ".worker-1/latest")
+        state = train(data, tiny.model, override(tiny.train, epochs=2), run, progress=False, resume=True,
+                      strategy_scope=strategy.scope())
+        batches = BatchIterator(data.split("train"), tiny.train.batch_size, seed=data.data_config.seed)
         first = next(iter(cluster.strategy.experimental_distribute_dataset(as_keras_data(_EpochBatches(batches)))))
         rows = cluster.strategy.experimental_local_results(first[0][0])[0].numpy()
         print("worker", cluster.index, "of", cluster.workers, "step", state.step, "ppl", state.best_valid_ppl,
@@ -252,23 +271,26 @@ def test_two_workers_train_one_run_each_on_its_slice_of_every_batch(data, traine
             w.kill()
     for w, (out, err) in zip(workers, outs):
         assert w.returncode == 0, err[-3000:]
-    said = [out.strip().splitlines()[-1].split() for out, _ in outs]
+    lines = [out.strip().splitlines() for out, _ in outs]
+    firsts, said = [next(l for l in w if l.startswith("first")).split() for w in lines], [w[-1].split() for w in lines]
     assert [s[1] for s in said] == ["0", "1"] and {s[3] for s in said} == {"2"}
     # one machine's steps, and the same weights on both: the same validation perplexity, which is one device's
-    one_device = epochs(trained)[0]
-    assert said[0][5] == said[1][5] == one_device["step"]
-    assert float(said[0][7]) == float(said[1][7]) == pytest.approx(float(one_device["valid_ppl"]), rel=0.02)
+    one_device = epochs(trained)
+    assert firsts[0][1] == firsts[1][1] == one_device[0]["step"]
+    assert float(firsts[0][2]) == float(firsts[1][2]) == pytest.approx(float(one_device[0]["valid_ppl"]), rel=0.02)
+    assert said[0][5] == said[1][5] == one_device[1]["step"]  # the resume went on from the chief's step
+    assert float(said[0][7]) == float(said[1][7]) == pytest.approx(float(one_device[1]["valid_ppl"]), rel=0.02)
     # each worker kept its own slice of the first batch: together the whole batch
     first = make_batch(data.split("train"), BatchIterator(data.split("train"), TINY.train.batch_size,
                                                           seed=data.data_config.seed).order[0])[0]
     slices = [int(s[9]) for s in said]
     assert sum(slices) == len(first) and min(slices) > 0
     assert int(said[0][11]) + int(said[1][11]) == int(first.sum())
-    # the chief wrote the run; the other worker only its own latest/, beside it
+    # the chief wrote the run; the other worker only its own records and latest/, beside it
     assert (tmp_path / "run" / "best" / "model.weights.h5").is_file()
     worker = tmp_path / "run.worker-1"
     assert (worker / "latest" / "state.json").is_file() and not (worker / "best").exists()
-    assert json.loads((worker / "latest" / "state.json").read_text())["step"] == int(one_device["step"])
+    assert json.loads((worker / "latest" / "state.json").read_text())["step"] == int(one_device[1]["step"])
 
 
 def test_a_budget_validates_within_epochs_stops_when_spent_and_resumes(data, tmp_path):
