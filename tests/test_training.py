@@ -216,6 +216,45 @@ def test_validation_measures_an_even_sample_of_a_big_split(data, monkeypatch):
     assert all((tuple(sample["context"][i]), tuple(sample["reply"][i])) in pairs for i in range(10))
 
 
+def test_a_budget_validates_within_epochs_stops_when_spent_and_resumes(data, tmp_path):
+    run, said = tmp_path / "run", []
+    cfg = override(TINY.train, epochs=1000, patience=1000, minutes=0.3, validate_every=0.06, final_lr=0.1)
+    state = train(data, TINY.model, cfg, run, progress=False, log=said.append)
+    rows = epochs(run)
+    assert any("0.3-minute budget is spent" in line for line in said)
+    assert 0 < state.epoch < 1000 and not state.stopped_early
+    assert any(float(r["epoch_share"]) < 1 for r in rows)  # validated inside an epoch too
+    minutes = [float(r["minutes"]) for r in rows]
+    assert minutes == sorted(minutes) and state.elapsed >= 0.3 * 60 * 0.5
+    assert [int(r["step"]) for r in rows][-1] == state.step == state.validated_step  # the last steps are validated
+    rates = [float(r["learning_rate"]) for r in rows]
+    assert rates[-1] < rates[0] and rates[-1] >= 0.1 * TINY.train.learning_rate  # the schedule falls to final_lr
+    assert Bundle.load(run / "best").card["valid_perplexity"] == pytest.approx(min(float(r["valid_ppl"]) for r in rows))
+    assert (run / "curves.png").is_file()
+
+    said.clear()
+    same = train(data, TINY.model, cfg, run, resume=True, progress=False, log=said.append)
+    assert same.step == state.step and any("has used its 0.3 minutes" in line for line in said)
+    longer = train(data, TINY.model, override(cfg, minutes=0.45), run, resume=True, progress=False, log=said.append)
+    assert longer.step > state.step and longer.elapsed > state.elapsed
+    resumed = epochs(run)[len(rows):]
+    assert resumed and int(resumed[0]["step"]) > state.step and float(resumed[0]["minutes"]) > minutes[-1]
+
+
+@pytest.mark.parametrize("model_changes,train_changes", [  # the defaults train in the `trained` fixture
+    ({"sampled_softmax": 40, "attention": "additive", "bidirectional_encoder": True}, {}),
+    ({"attention": "general", "freeze_embeddings": True, "share_embeddings": False}, {}),
+    # mixed precision on a CPU trains in float32, and says so
+    ({}, {"label_smoothing": 0.1, "lr_decay": 0.5, "mixed_precision": True}),
+])
+def test_every_training_option_trains(data, tmp_path, model_changes, train_changes):
+    cfg = override(TINY.train, epochs=2, patience=2, **train_changes)
+    train(data, override(TINY.model, **model_changes), cfg, tmp_path / "run", **QUIET)
+    rows = epochs(tmp_path / "run")
+    assert float(rows[-1]["valid_ppl"]) < float(rows[0]["valid_ppl"])
+    assert float(rows[-1]["train_ppl"]) < float(rows[0]["train_ppl"])
+
+
 def _free_ports(n: int) -> list[int]:
     import socket
     sockets = [socket.socket() for _ in range(n)]
@@ -291,42 +330,3 @@ def test_two_workers_train_one_run_each_on_its_slice_of_every_batch_and_resume_t
     worker = tmp_path / "run.worker-1"
     assert (worker / "latest" / "state.json").is_file() and not (worker / "best").exists()
     assert json.loads((worker / "latest" / "state.json").read_text())["step"] == int(one_device[1]["step"])
-
-
-def test_a_budget_validates_within_epochs_stops_when_spent_and_resumes(data, tmp_path):
-    run, said = tmp_path / "run", []
-    cfg = override(TINY.train, epochs=1000, patience=1000, minutes=0.3, validate_every=0.06, final_lr=0.1)
-    state = train(data, TINY.model, cfg, run, progress=False, log=said.append)
-    rows = epochs(run)
-    assert any("0.3-minute budget is spent" in line for line in said)
-    assert 0 < state.epoch < 1000 and not state.stopped_early
-    assert any(float(r["epoch_share"]) < 1 for r in rows)  # validated inside an epoch too
-    minutes = [float(r["minutes"]) for r in rows]
-    assert minutes == sorted(minutes) and state.elapsed >= 0.3 * 60 * 0.5
-    assert [int(r["step"]) for r in rows][-1] == state.step == state.validated_step  # the last steps are validated
-    rates = [float(r["learning_rate"]) for r in rows]
-    assert rates[-1] < rates[0] and rates[-1] >= 0.1 * TINY.train.learning_rate  # the schedule falls to final_lr
-    assert Bundle.load(run / "best").card["valid_perplexity"] == pytest.approx(min(float(r["valid_ppl"]) for r in rows))
-    assert (run / "curves.png").is_file()
-
-    said.clear()
-    same = train(data, TINY.model, cfg, run, resume=True, progress=False, log=said.append)
-    assert same.step == state.step and any("has used its 0.3 minutes" in line for line in said)
-    longer = train(data, TINY.model, override(cfg, minutes=0.45), run, resume=True, progress=False, log=said.append)
-    assert longer.step > state.step and longer.elapsed > state.elapsed
-    resumed = epochs(run)[len(rows):]
-    assert resumed and int(resumed[0]["step"]) > state.step and float(resumed[0]["minutes"]) > minutes[-1]
-
-
-@pytest.mark.parametrize("model_changes,train_changes", [  # the defaults train in the `trained` fixture
-    ({"sampled_softmax": 40, "attention": "additive", "bidirectional_encoder": True}, {}),
-    ({"attention": "general", "freeze_embeddings": True, "share_embeddings": False}, {}),
-    # mixed precision on a CPU trains in float32, and says so
-    ({}, {"label_smoothing": 0.1, "lr_decay": 0.5, "mixed_precision": True}),
-])
-def test_every_training_option_trains(data, tmp_path, model_changes, train_changes):
-    cfg = override(TINY.train, epochs=2, patience=2, **train_changes)
-    train(data, override(TINY.model, **model_changes), cfg, tmp_path / "run", **QUIET)
-    rows = epochs(tmp_path / "run")
-    assert float(rows[-1]["valid_ppl"]) < float(rows[0]["valid_ppl"])
-    assert float(rows[-1]["train_ppl"]) < float(rows[0]["train_ppl"])
