@@ -15,6 +15,7 @@ from ergo.errors import ErgoError
 UNBOUNDED_EPOCHS = 10_000
 DEFAULT_CORPUS = "chitchat"
 ACTIONS = ("download", "preprocess", "train", "train_selector", "evaluate", "export", "chat", "serve")
+TENSORFLOW_ACTIONS = ("train", "train_selector", "evaluate", "export", "chat")  # --serve: in each web worker
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,8 +222,12 @@ def run(args) -> None:
               f"-v {target.parent.resolve()}:/models/ergo -e MODEL_NAME=ergo tensorflow/serving")
     if args.chat:
         from ergo.chatbot import Chatbot
+        from ergo.quiet import without_notes
         from ergo.terminal import chat
-        chat(Chatbot.load(bundle_dir(args), blocklist=args.blocklist), settings=reply_settings(args))
+        with without_notes():  # the model's first graphs add one more TensorFlow note (ergo/quiet.py)
+            bot = Chatbot.load(bundle_dir(args), blocklist=args.blocklist)
+            bot.reply(["hello"], **reply_settings(args))  # traced now, not on the first line's time
+        chat(bot, settings=reply_settings(args))
     if args.serve:
         from web.serve import run as serve
         serve(bundle_dir(args), args.host, args.port, args.workers)
@@ -247,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
+        if any(getattr(args, a) for a in TENSORFLOW_ACTIONS):
+            from ergo.quiet import start_tensorflow
+            device = start_tensorflow()
+            if device:
+                print(device, file=sys.stderr)
         run(args)
     except ErgoError as e:
         print(f"error: {e}", file=sys.stderr)

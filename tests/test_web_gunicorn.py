@@ -55,6 +55,13 @@ def test_a_conversation_keeps_its_turns_in_order(web_server):
     assert [t["text"] for t in turns[1::2]] == [d["reply"] for d in data]
 
 
+def test_workers_start_without_tensorflows_notes_and_name_their_device(web_server):
+    from ergo.quiet import NOTES
+    log = web_server.log()
+    assert log.count("(device: CPU (TensorFlow sees no GPU))") >= web_server.workers
+    assert not [line for line in log.splitlines() if NOTES.search(line) or "cuda" in line.lower()], log
+
+
 def test_a_second_worker_answers_the_next_turn_with_the_same_context(web_server, tiny_bundle):
     first, second = sessions_on_two_workers(web_server.url)
     a = chat(first, web_server.url, "hello!")

@@ -59,9 +59,9 @@ def limits_storage(redis_url: str) -> str:
 
 
 def create_app(bundle_dir: Path, redis_url: str, secret_key: str, config: WebConfig | None = None,
-               reads: str | None = None) -> Flask:
+               reads: str | None = None, device: str | None = None) -> Flask:
     """Load the bundle (once per gunicorn worker) and build the app around it and the Redis at redis_url;
-    `reads`: the GET rate limit (default: read_limit())."""
+    `reads`: the GET rate limit (default: read_limit()); `device`: the line naming it, for the log."""
     from ergo.chatbot import Chatbot  # here, not at import: the model loads in each worker, after fork
 
     started = time.perf_counter()
@@ -148,6 +148,7 @@ def create_app(bundle_dir: Path, redis_url: str, secret_key: str, config: WebCon
         log.exception("unhandled error on %s %s", request.method, request.path)
         return jsonify(error="internal error; the server log has the details"), 500
 
-    log.info("worker ready: model %s loaded in %.1f s; Redis %s", bot.name, time.perf_counter() - started,
+    log.info("worker ready: model %s loaded in %.1f s%s; Redis %s", bot.name, time.perf_counter() - started,
+             f" ({device})" if device else "",
              "reachable" if store.ping() else "unreachable (replying without context until it is back)")
     return app

@@ -97,8 +97,11 @@ def run(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: in
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any worker imports prometheus_client
 
         def load_app():  # in each worker, after PROMETHEUS_MULTIPROC_DIR is set: import nothing before
+            from ergo.quiet import start_tensorflow, without_notes
+            device = start_tensorflow()
             from .app import create_app
-            return create_app(bundle_dir, redis_url, key, config)
+            with without_notes():  # the model's first graphs add one more note (ergo/quiet.py)
+                return create_app(bundle_dir, redis_url, key, config, device=device)
 
         def ready(server):
             for listener in server.LISTENERS:
