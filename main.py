@@ -197,6 +197,7 @@ def run(args) -> None:
         from ergo.training import train
         model_cfg, train_cfg = model_and_train_config(args)
         run_dir = args.model_dir or Path("checkpoints") / f"{data.manifest['corpus']['name']}-{args.preset}"
+        _device()
         state = train(data, model_cfg, train_cfg, run_dir, selector_cfg=selector_config(args), resume=args.resume,
                       progress=not args.quiet, init_embeddings=not args.no_word2vec)
         print(f"best model: {run_dir}/best/ (validation perplexity {state.best_valid_ppl:.2f} at epoch "
@@ -204,12 +205,14 @@ def run(args) -> None:
     if args.train_selector:
         from ergo.training import add_selector
         bundle = bundle_dir(args)
+        _device()
         add_selector(bundle, args.data_dir or _trained_on(bundle), selector_config(args), minutes=args.minutes or 0.0,
                      progress=not args.quiet)
         print(f"reply selector added to {bundle}/ (its weight in the ranking: {bundle}/ranking.json)")
     if args.evaluate:
         from ergo.evaluation import evaluate, headline
         bundle = bundle_dir(args)
+        _device()
         report = evaluate(bundle, args.data_dir or _trained_on(bundle), args.split,
                           log=lambda m: print(m, file=sys.stderr))
         print(headline(report))
@@ -217,6 +220,7 @@ def run(args) -> None:
     if args.export:
         from ergo.export import export
         bundle = bundle_dir(args)
+        _device()
         target = export(bundle, args.export_dir or bundle.parent / "export", reply_settings(args))
         print(f"SavedModel written to {target}/; serve it with: docker run -p 8501:8501 "
               f"-v {target.parent.resolve()}:/models/ergo -e MODEL_NAME=ergo tensorflow/serving")
@@ -224,13 +228,26 @@ def run(args) -> None:
         from ergo.chatbot import Chatbot
         from ergo.quiet import without_notes
         from ergo.terminal import chat
+        bundle = bundle_dir(args)
+        _device()
         with without_notes():  # the model's first graphs add one more TensorFlow note (ergo/quiet.py)
-            bot = Chatbot.load(bundle_dir(args), blocklist=args.blocklist)
+            bot = Chatbot.load(bundle, blocklist=args.blocklist)
             bot.reply(["hello"], **reply_settings(args))  # traced now, not on the first line's time
         chat(bot, settings=reply_settings(args))
     if args.serve:
         from web.serve import run as serve
         serve(bundle_dir(args), args.host, args.port, args.workers)
+
+
+def _device() -> None:
+    """The device line, once, where the first TensorFlow work begins: after the checks of a user's paths,
+    so that a mistake there still gets its one line alone."""
+    if _device.line:
+        print(_device.line, file=sys.stderr)
+        _device.line = None
+
+
+_device.line = None
 
 
 def _trained_on(bundle: Path) -> Path:
@@ -254,9 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if any(getattr(args, a) for a in TENSORFLOW_ACTIONS):
             from ergo.quiet import start_tensorflow
-            device = start_tensorflow()
-            if device:
-                print(device, file=sys.stderr)
+            _device.line = start_tensorflow()
         run(args)
     except ErgoError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -30,3 +30,11 @@ def test_chat_on_a_cpu_says_its_device_once_and_nothing_of_cuda(tiny_bundle):
     assert lines.count("device: CPU (TensorFlow sees no GPU)") == 1, r.stderr
     assert not [line for line in lines if NOTES.search(line) or "cuda" in line.lower()], r.stderr
 
+
+
+def test_a_mistake_in_a_command_that_computes_still_gets_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), "--chat", "--model-dir", str(tmp_path / "nope")],
+                       input="hi\n", capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    assert r.returncode == 2 and r.stderr.startswith("error: no trained model in ")
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
