@@ -54,7 +54,7 @@ class WebServer:
         code = ("import sys; from pathlib import Path; from web.serve import run; "
                 "run(Path(sys.argv[1]), '127.0.0.1', 0, int(sys.argv[2]), Path(sys.argv[3]))")
         environ = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-        environ.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **(env or {})})  # main.py's
+        environ.update({"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", **(env or {})})
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen([sys.executable, "-c", code, str(bundle), str(workers), str(run_dir)],
                                             cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)

@@ -44,7 +44,7 @@ def trained(tmp_path_factory):
     corpus = corpora.resolve(str(write_text_corpus(tmp / "talk.txt", synthetic_conversations(160) + echoes)))
     data, _ = preprocess(corpus, TINY.data, tmp / "data", progress=False)
     train(data, TINY.model, override(TINY.train, epochs=1), tmp / "run",
-          selector_cfg=override(TINY.selector, epochs=25), **QUIET)
+          selector_cfg=override(TINY.selector, epochs=40), **QUIET)
     return tmp / "run", data
 
 
@@ -60,7 +60,7 @@ def test_training_puts_the_selector_and_its_ranking_weight_in_the_bundle(trained
     assert ranking["selector_weight"] in WEIGHTS and ranking["chosen_on"] == "valid"
     assert set(ranking["recall_by_weight"]) == {f"{w:g}" for w in WEIGHTS}
     info = json.loads((run / "best" / FOLDER / "config.json").read_text())
-    assert info["epochs"] == 25 and info["replies"] > 10 and set(info["valid_recall"]) == {"R@1", "R@2", "R@5"}
+    assert info["epochs"] == 40 and info["replies"] > 10 and set(info["valid_recall"]) == {"R@1", "R@2", "R@5"}
 
 
 def test_the_selector_ranks_the_planted_true_reply_first(bot):
