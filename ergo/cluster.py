@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +96,8 @@ class Cluster:
 
         @tf.function
         def gather(rows):
-            return self.strategy.run(lambda r: tf.distribute.get_replica_context().all_gather(tf.identity(r), 0), args=(rows,))
+            return self.strategy.run(lambda r: tf.distribute.get_replica_context().all_gather(tf.identity(r), 0),
+                                     args=(rows,))
         return gather
 
     def same(self, values) -> bool:

@@ -22,7 +22,7 @@ import scipy.sparse
 from .dataset import PreparedData
 from .errors import ErgoError
 from .files import atomic_path
-from .splits import Ragged
+from .splits import Ragged, even_sample
 from .vocab import SEP_ID, SPECIALS, Vocab
 
 INDEX_FILE = "retrieval.npz"
@@ -62,8 +62,8 @@ def build_index(data: PreparedData, bundle_dir: Path) -> Path:
     word_weight = (SIF_A / (SIF_A + counts / max(counts.sum(), 1.0))).astype(np.float32)
     word_weight[: len(SPECIALS)] = 0.0
     contexts, replies = split["context"], split["reply"]
-    if len(replies) > MAX_PAIRS:
-        chosen = np.sort(np.random.default_rng(0).choice(len(replies), MAX_PAIRS, replace=False))
+    chosen = even_sample(len(replies), MAX_PAIRS)
+    if chosen is not None:
         contexts, replies = contexts.take(chosen), replies.take(chosen)
     path = Path(bundle_dir) / INDEX_FILE
     with atomic_path(path) as tmp:

@@ -7,8 +7,9 @@ of the Ubuntu corpus's ranking task, Lowe et al. 2015, trained as Henderson et a
 that occurs twice in a batch ("lol") is not taken as a negative of its own context.
 
 Because a reply's vector does not depend on the context, every distinct training reply is encoded
-once, into an index (past MAX_PAIRS of them, an even seeded sample, as ergo/retrieval.py caps its own): retrieval then looks for the replies nearest the context's vector, replies that
-fit it, rather than for the replies of similar contexts (ergo/retrieval.py's older index).
+once, into an index (past MAX_PAIRS of them, an even seeded sample, as ergo/retrieval.py caps its
+own): retrieval then looks for the replies nearest the context's vector, replies that fit it, rather
+than for the replies of similar contexts (ergo/retrieval.py's older index).
 
 It is a folder, selector/, in a bundle (and in a run folder: it depends on the data alone, so a run
 trains it once and carries it into every best/), written whole or not at all:
@@ -37,7 +38,7 @@ from .errors import ErgoError
 from .files import atomic_dir
 from .model import _dense, _embedding, _lstm
 from .retrieval import MAX_PAIRS, fixed_point, row_products, vocab_digest
-from .splits import Ragged
+from .splits import Ragged, even_sample
 from .vocab import PAD_ID, SEP_ID, Vocab
 
 FOLDER = "selector"
@@ -213,8 +214,9 @@ def train_selector(data: PreparedData, cfg: SelectorConfig, out_dir: Path, *, mi
         info["valid_recall"] = recall(pool_scores(model, [valid["context"][i] for i in pool],
                                                   [valid["reply"][i] for i in pool], rows))
     info["training_seconds"] = round(time.perf_counter() - started, 1)
-    if len(distinct) > MAX_PAIRS:
-        distinct = distinct.take(np.sort(np.random.default_rng(seed).choice(len(distinct), MAX_PAIRS, replace=False)))
+    chosen = even_sample(len(distinct), MAX_PAIRS, seed)
+    if chosen is not None:
+        distinct = distinct.take(chosen)
     info = save_selector(model, vocab, distinct, out_dir, info)
     recall_text = "/".join(f"{v:.3f}" for v in info.get("valid_recall", {}).values())
     log(f"reply selector: {epochs} epochs in {info['training_seconds']:.0f} s"

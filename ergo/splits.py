@@ -33,6 +33,14 @@ def split_files(name: str) -> list[str]:
     return [f"{name}.{part}.{kind}.npy" for part in PARTS for kind in ("ids", "offsets")] + [f"{name}.conversation.npy"]
 
 
+def even_sample(n: int, most: int, seed: int = 0) -> np.ndarray | None:
+    """Past `most` of `n` rows, a seeded even sample of `most` row numbers, in order (so the rows keep
+    theirs); None when all of them fit. The caps on indexes and on validation take their rows from it."""
+    if n <= most:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, most, replace=False))
+
+
 class Ragged(Sequence):
     """Sequences of ids in one flat array: row i is ids[offsets[i]:offsets[i + 1]] (a view, not a copy)."""
 

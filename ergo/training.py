@@ -52,6 +52,7 @@ from .model import build_seq2seq, compile_for_training, perplexity
 from .ranking import RANKING_FILE
 from .retrieval import INDEX_FILE, build_index
 from .selector import FOLDER as SELECTOR, has_selector, train_selector
+from .splits import even_sample
 
 
 @dataclass
@@ -612,10 +613,9 @@ def _validation_sample(split: dict) -> dict:
     """The validation split, or past VALID_PAIRS an even seeded sample of it, the same at every validation
     and resume: a big corpus's split (90,000 pairs for 2M utterances) would make each validation minutes long,
     and 20,000 pairs measure perplexity to well under 1 %."""
-    n = len(split["reply"])
-    if n <= VALID_PAIRS:
+    rows = even_sample(len(split["reply"]), VALID_PAIRS)
+    if rows is None:
         return split
-    rows = np.sort(np.random.default_rng(0).choice(n, VALID_PAIRS, replace=False))
     return {"context": split["context"].take(rows), "reply": split["reply"].take(rows)}
 
 
