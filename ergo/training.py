@@ -448,6 +448,13 @@ def _distribution_scope():
         return contextlib.nullcontext()
     import tensorflow as tf
     if os.environ.get("TF_CONFIG"):
+        try:
+            task = json.loads(os.environ["TF_CONFIG"])["task"]
+            task["type"], int(task["index"])
+        except (ValueError, TypeError, KeyError):
+            raise ErgoError('TF_CONFIG must be JSON naming the cluster and this task, e.g. {"cluster": {"worker": '
+                            '["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}} '
+                            '(README: "Training on several machines")') from None
         return tf.distribute.MultiWorkerMirroredStrategy().scope()
     if len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy().scope()

@@ -255,6 +255,14 @@ def test_every_training_option_trains(data, tmp_path, model_changes, train_chang
     assert float(rows[-1]["train_ppl"]) < float(rows[0]["train_ppl"])
 
 
+@pytest.mark.parametrize("tf_config", ["{not json", '{"cluster": {"worker": ["127.0.0.1:1"]}}', "[]"])
+def test_a_malformed_tf_config_is_one_clear_error(data, tmp_path, monkeypatch, tf_config):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ErgoError, match="TF_CONFIG must be JSON naming the cluster and this task"):
+        train(data, TINY.model, TINY.train, tmp_path / "run", **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
 def _free_ports(n: int) -> list[int]:
     import socket
     sockets = [socket.socket() for _ in range(n)]
