@@ -87,7 +87,7 @@ def weight_floor(bot, steps: int) -> tuple[float, float]:
     import numpy as np
     import tensorflow as tf
 
-    model, size = bot.model, bot.decoder.shortlist_size or bot.decoder.vocab_size
+    model, size = bot.model, bot.decoder.shortlist.size or bot.decoder.vocab_size
     mats = [w for lstm in model.decoder for w in (lstm.cell.kernel, lstm.cell.recurrent_kernel)]
     mats += [model.combine.kernel, model.output_layer.kernel[:, :size]]
     mats = [tf.constant(keras.ops.convert_to_numpy(w)) for w in mats]
@@ -117,7 +117,7 @@ def measure(preset: str, replies: int, max_len: int, shortlist: int | None, sele
         bot = Chatbot.load(Path(tmp) / "bundle", shortlist=shortlist)
         rng = np.random.default_rng(1)
         histories = [[" ".join(rng.choice(vocab.words[5:], 12)) for _ in range(2)] for _ in range(replies)]
-        sl = bot.decoder.shortlist_size
+        sl = bot.decoder.shortlist.size
         print(f"\n{preset}: {bot.model.cfg.layers}x{bot.model.cfg.hidden} LSTM, vocabulary {len(vocab):,}, "
               f"shortlist {sl or 'none (full softmax)'}; selector {bot.selector.model.cfg.encoder if bot.selector else 'none'}; "
               f"{replies} replies of {max_len} tokens each; "

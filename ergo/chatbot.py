@@ -201,7 +201,7 @@ class Chatbot:
         if shown is None:  # every candidate blocked: look further down a wide beam before giving up
             ranked_by = dict(settings, beam_size=16, mmi=0.0)
             shown = self._first_safe(self._rank(
-                self._fresh(self._generate(context, ranked_by, "beam", self.decoder.shortlist(context)), avoid),
+                self._fresh(self._generate(context, ranked_by, "beam", self.decoder.shortlist.of(context)), avoid),
                 ranked_by))
         if shown is None:
             tokens = tokenize(FALLBACK_REPLY, lowercase=False)
@@ -221,7 +221,7 @@ class Chatbot:
         selector = self.selector if mode != "generate" else None
         vector = selector.context_vector(context) if selector is not None else None
         retrieved, known = self._retrieve(context, settings, avoid, vector) if mode != "generate" else ([], {})
-        shortlist = self.decoder.shortlist(context, *(c.ids for c in retrieved))
+        shortlist = self.decoder.shortlist.of(context, *(c.ids for c in retrieved))
         if mode != "retrieve" or not retrieved:
             found = self._generate(context, settings, settings["decoder"], shortlist, anti, retrieved)
         else:

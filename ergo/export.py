@@ -23,7 +23,6 @@ import keras
 from .chatbot import Chatbot, check_settings
 from .errors import ErgoError
 from .files import atomic_dir
-from .vocab import EOS_ID
 
 
 def export(bundle_dir: Path, out_dir: Path, settings: dict | None = None, version: int | None = None,
@@ -54,7 +53,7 @@ def export(bundle_dir: Path, out_dir: Path, settings: dict | None = None, versio
 
 def _serving_module(bot: Chatbot, s: dict):
     """A tf.Module holding the model's variables and one tf.function per decoder; a shortlisted
-    vocabulary is shortlisted in the graph the same way as in `Decoder.shortlist`."""
+    vocabulary is shortlisted in the graph by the same rule as a reply in Python (Shortlist.in_graph)."""
     import tensorflow as tf
 
     decoder = bot.decoder
@@ -64,10 +63,7 @@ def _serving_module(bot: Chatbot, s: dict):
     def search(context_ids, width, alpha=None):
         """The greedy search (alpha None) or a beam of `width`, as Decoder.greedy and Decoder.beam run them."""
         context_ids = tf.cond(tf.size(context_ids) > 0, lambda: context_ids, lambda: tf.zeros([1], tf.int32))
-        ids = None
-        if decoder.shortlist_size:
-            frequent = tf.range(decoder.shortlist_size, dtype=tf.int32)
-            ids = tf.sort(tf.unique(tf.concat([frequent, [EOS_ID], context_ids], 0)).y)
+        ids = decoder.shortlist.in_graph(context_ids)
         settings = [] if alpha is None else [tf.constant(alpha)]
         graph = decoder._greedy_graph if alpha is None else decoder._beam_graph
         tokens, lengths, logp, *_ = graph(context_ids, tf.constant(s["min_len"]), *settings, tf.constant(decoder.banned),

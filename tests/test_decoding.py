@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ergo.config import ModelConfig
-from ergo.decoding import EMPTY_CONTEXT, NEVER, Candidate, Decoder, SHORTLIST_BUCKET
+from ergo.decoding import EMPTY_CONTEXT, NEVER, Candidate, Decoder
 from ergo.model import build_seq2seq
 from ergo.vocab import EOS_ID, SEP_ID, UNK_ID
 from reply_bundle import reply_bundle, shared_bot
@@ -175,8 +175,8 @@ def test_decode_features_are_decode_step_before_its_output_projection(bot):
 def test_a_shortlisted_search_uses_only_its_words_and_scores_over_them(bot):
     full, short = bot.decoder, Decoder(bot.model, shortlist=12)
     ctx = np.array(CONTEXTS[1], np.int32)
-    assert full.shortlist(ctx) is None and Decoder(bot.model, shortlist=10**6).shortlist(ctx) is None
-    ids = short.shortlist(ctx, [40, 41])
+    assert full.shortlist.of(ctx) is None and Decoder(bot.model, shortlist=10**6).shortlist.of(ctx) is None
+    ids = short.shortlist.of(ctx, [40, 41])
     assert set(ids) == set(range(12)) | set(ctx.tolist()) | {40, 41}
     with_anti = short.beam(ctx, beam_size=3, max_len=8, shortlist=ids, anti_lm=True,
                            also=[Candidate([40, 41], 0, True)])
@@ -193,11 +193,17 @@ def test_a_shortlisted_search_uses_only_its_words_and_scores_over_them(bot):
     assert short.beam(ctx, beam_size=3, max_len=8, shortlist=everything) == full.beam(ctx, beam_size=3, max_len=8)
 
 
-def test_a_shortlist_is_filled_with_the_next_frequent_words_to_few_sizes(bot):
-    big = Decoder(bot.model)
-    big.shortlist_size, big.vocab_size = SHORTLIST_BUCKET, 3 * SHORTLIST_BUCKET  # its arithmetic only
-    ids = np.concatenate([np.arange(SHORTLIST_BUCKET), [300, 302, 700]]).astype(np.int32)
-    filled = big._filled(ids)
-    assert len(filled) == 2 * SHORTLIST_BUCKET and set(ids) <= set(filled.tolist())
-    assert list(filled) == sorted(set(filled.tolist()))  # sorted, no word twice
-    assert set(filled.tolist()) - set(ids.tolist()) == set(range(SHORTLIST_BUCKET, 300)) | {301} | set(range(303, 511))
+def test_a_streamed_reply_is_the_greedy_or_the_single_sample_reply_word_by_word(bot):
+    for d in (bot.decoder, Decoder(bot.model, xla=False, shortlist=12)):
+        for ctx in CONTEXTS:
+            ctx = np.array(ctx, np.int32)
+            ids = d.shortlist.of(ctx)
+            common = dict(max_len=8, min_len=2, no_repeat_ngram=2, block_context_ngram=2, shortlist=ids)
+            *words, done = d.stream(ctx, **common)
+            (greedy,) = d.greedy(ctx, **common)
+            assert words == greedy.ids == done.ids and done.ended == greedy.ended
+            assert done.logp == pytest.approx(greedy.logp, abs=1e-4)
+            drawn = dict(temperature=1.3, top_k=5, top_p=0.9, seed=3)
+            *words, done = d.stream(ctx, sampling=drawn, **common)
+            (sample,) = d.sample(ctx, samples=1, **drawn, **common)
+            assert words == sample.ids == done.ids and done.logp == pytest.approx(sample.logp, abs=1e-4)
