@@ -22,11 +22,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
 from .bundle import Bundle
+from .choices import DECODERS, MODES, described
 from .dataset import context_window
 from .errors import ErgoError
 from .ranking import combine, selector_weight
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 # ergo.decoding and ergo.selector (and so keras) load with a Chatbot's model, not at import: the web
 # app imports SETTINGS and check_settings in its master process, before it forks the workers.
 
-MODES = ("generate", "retrieve", "hybrid")
-DECODERS = ("greedy", "beam", "sample")
 AVOID_TURNS = 10  # turns of the conversation a reply may not repeat word for word
 
 
@@ -73,9 +72,8 @@ def _on_the_web(name: str) -> str:
 # name -> (type, default, check, what a valid value is). The default mode is the one that evaluated
 # best on the default corpus (highest distinct-n, lowest generic-reply rate: `main.py --evaluate`).
 SETTINGS = {
-    "mode": (str, "retrieve", lambda v: v in MODES,
-             "generate (the decoder's replies), retrieve (replies from the training corpus) or hybrid (both)"),
-    "decoder": (str, "beam", lambda v: v in DECODERS, "greedy, beam or sample"),
+    "mode": (str, "retrieve", lambda v: v in MODES, described(MODES)),
+    "decoder": (str, "beam", lambda v: v in DECODERS, described(DECODERS)),
     "beam_size": (int, 5, lambda v: 1 <= v <= 16, "an integer from 1 to 16" + _on_the_web("beam_size")),
     "length_penalty": (float, 1.0, lambda v: 0.0 <= v <= 2.0,
                        "from 0 (rank by total log-probability: short replies win) to 2; 1 ranks by the "
@@ -97,6 +95,22 @@ SETTINGS = {
     "seed": (int, -1, lambda v: v >= -1, "-1 for a new draw every reply, or a number to repeat a draw"),
     "candidates": (int, 10, lambda v: 1 <= v <= 100, "replies retrieved from the corpus: 1 to 100"),
 }
+
+
+def choices_of(name: str) -> list | None:
+    """The values a web client may give setting `name`, where they are few (a catalogue's, or WEB_CHOICES)."""
+    if name in TEXT_CHOICES:
+        return list(TEXT_CHOICES[name])
+    return list(WEB_CHOICES[name]) if name in WEB_CHOICES else None
+
+
+def streams(settings: dict) -> bool:
+    """Whether a reply with these (checked) settings is drawn word by word (Chatbot.reply_stream)."""
+    return settings["mode"] == "generate" and (settings["decoder"] == "greedy" or
+                                               settings["decoder"] == "sample" and settings["samples"] == 1)
+
+
+TEXT_CHOICES = {"mode": MODES, "decoder": DECODERS}  # the text settings and their catalogues (ergo/choices.py)
 
 
 def check_settings(settings: dict, web: bool = False) -> dict:
@@ -189,6 +203,49 @@ class Chatbot:
         avoid = [self.vocab.encode(tokenize(str(t), lowercase)) for t in history[-AVOID_TURNS:]]
         return self.respond(self.context(history), started=started, avoid=avoid, **settings)
 
+    def reply_stream(self, history: Sequence[str], **settings) -> Iterator[str | Reply]:
+        """`reply`, word by word where the reply is drawn word by word: the generate mode with the greedy
+        decoder, or with the sample decoder and one sample. The iterator yields pieces of text to append
+        as they come, then the Reply, the same `reply` gives. Its text is what to show at the end: the
+        safety filter's phrases and the rule against repeating a turn are checked once the reply is
+        whole, and may replace the streamed words. Other settings yield the Reply's text as one piece.
+        A mistake in the settings or the history is an ErgoError here, before anything is yielded."""
+        started = time.perf_counter()
+        s = check_settings(settings, self.web)
+        lowercase = self.bundle.data_config.lowercase
+        if not history or not tokenize(str(history[-1]), lowercase):
+            raise ErgoError("nothing to reply to: the last turn has no words")
+        if not streams(s):
+            return self._whole(history, s)
+        avoid = [self.vocab.encode(tokenize(str(t), lowercase)) for t in history[-AVOID_TURNS:]]
+        return self._streamed(self.context(history), s, avoid, started)
+
+    def _whole(self, history, s: dict) -> Iterator[str | Reply]:
+        reply = self.reply(history, **s)
+        yield reply.text
+        yield reply
+
+    def _streamed(self, context, s: dict, avoid, started: float) -> Iterator[str | Reply]:
+        sampling = None
+        if s["decoder"] == "sample":
+            seed = int(self._rng.integers(2**31)) if s["seed"] < 0 else s["seed"]
+            sampling = dict(temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"], seed=seed)
+        tokens, shown = [], ""
+        for item in self.decoder.stream(context, max_len=s["max_len"], min_len=s["min_len"],
+                                        no_repeat_ngram=s["no_repeat_ngram"],
+                                        block_context_ngram=s["block_context_ngram"],
+                                        shortlist=self.decoder.shortlist.of(context), sampling=sampling):
+            if not isinstance(item, int):
+                found = [(item, s["decoder"])]
+                break
+            tokens += self.vocab.decode([item])
+            text = detokenize(tokens)  # a later word may join an earlier one ("do" "n't"): send what is new
+            piece = text[len(shown):] if text.startswith(shown) else " " + detokenize(tokens[-1:])
+            shown += piece
+            yield piece
+        avoid = {tuple(t) for t in (*avoid, *_turns(context)) if t}
+        yield self._shown(self._rank(self._fresh(found, avoid), s), context, s, avoid, started)
+
     def respond(self, context: np.ndarray, started: float | None = None, avoid: Sequence[Sequence[int]] = (),
                 **settings) -> Reply:
         """A reply to a context of word ids (as `context` builds it); evaluation uses this directly.
@@ -196,7 +253,11 @@ class Chatbot:
         started = time.perf_counter() if started is None else started
         settings = check_settings(settings, self.web)
         avoid = {tuple(t) for t in (*avoid, *_turns(context)) if t}
-        shown = self._first_safe(self.candidates(context, settings, avoid))
+        return self._shown(self.candidates(context, settings, avoid), context, settings, avoid, started)
+
+    def _shown(self, ranked: list[Ranked], context, settings: dict, avoid: set, started: float) -> Reply:
+        """The Reply of the best candidate the safety filter lets through; with none, of a wide beam's."""
+        shown = self._first_safe(ranked)
         ranked_by = settings
         if shown is None:  # every candidate blocked: look further down a wide beam before giving up
             ranked_by = dict(settings, beam_size=16, mmi=0.0)

@@ -17,11 +17,12 @@ import numpy as np
 from keras import layers, ops
 
 from .batching import count_target_tokens
+from .choices import ATTENTION
 from .config import ModelConfig, TrainConfig
 from .errors import ErgoError
 from .vocab import PAD_ID
 
-ATTENTION_KINDS = ("dot", "general", "additive")
+ATTENTION_KINDS = tuple(ATTENTION)
 _MASKED = -1e9  # score of a padded encoder position: exp() of it is 0, without inf-inf NaNs
 
 

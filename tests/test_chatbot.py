@@ -158,3 +158,16 @@ def test_terminal_chat_answers_piped_input_one_line_each(bot):
     notes = err.getvalue()
     assert "(decoder = greedy)" in notes and "beam_size" in notes and "use /set NAME=VALUE" in notes
     assert "(new conversation)" in notes and "mode = generate" in notes
+
+
+def test_a_streamed_reply_comes_word_by_word_and_ends_as_reply_gives_it(bot):
+    for settings in (dict(mode="generate", decoder="greedy"), dict(mode="generate", decoder="sample", samples=1, seed=4)):
+        for history in HISTORIES[:4]:
+            *pieces, reply = bot.reply_stream(history, **settings)
+            whole = bot.reply(history, **settings)
+            assert (reply.text, reply.tokens, reply.decoder) == (whole.text, whole.tokens, whole.decoder)
+            assert len(pieces) == len(reply.tokens) and "".join(pieces).strip() == reply.text  # not replaced here
+    pieces = list(bot.reply_stream(HISTORIES[0], mode="retrieve"))  # chosen among candidates: whole, at once
+    assert len(pieces) == 2 and pieces[0] == pieces[1].text == bot.reply(HISTORIES[0], mode="retrieve").text
+    with pytest.raises(ErgoError, match="nothing to reply to"):  # before anything is yielded
+        bot.reply_stream(["..."] if not tokenize("...", True) else [" "])

@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from ergo.chatbot import SETTINGS, WEB_CHOICES, WEB_STEPS
+from ergo.chatbot import SETTINGS, WEB_CHOICES, WEB_STEPS, choices_of
 from ergo.errors import ErgoError
 from web.app import HERE, create_app, is_loopback, read_limit
 from web.config import WebConfig, secret_key
@@ -93,7 +93,7 @@ def test_openapi_settings_are_what_web_clients_may_ask():
     assert list(schema["properties"]) == list(SETTINGS)
     for name, spec in schema["properties"].items():
         assert spec["default"] == SETTINGS[name][1], name
-        assert spec.get("enum") == (list(WEB_CHOICES[name]) if name in WEB_CHOICES else spec.get("enum")), name
+        assert spec.get("enum") == (choices_of(name) or spec.get("enum")), name  # the catalogues' (ergo/choices.py)
     assert schema["properties"]["min_len"]["maximum"] == max(WEB_CHOICES["max_len"])
     refused = {(rule["not"]["properties"]["decoder"]["const"], rule["not"]["properties"][width]["const"],
                 rule["not"]["properties"]["max_len"]["const"])

@@ -24,6 +24,7 @@ def page(web_server):
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("console", lambda m: m.type == "error" and errors.append(m.text))  # CSP violations land here
+        page.console_errors = errors  # for a test that causes one on purpose to take it out
         yield page
         browser.close()
     assert errors == []
@@ -92,3 +93,28 @@ def test_settings_panel_offers_every_setting(page, web_server):
     page.click("#settings-toggle")
     names = [el.get_attribute("name") for el in page.query_selector_all("#settings-fields [name]")]
     assert sorted(names) == sorted(SETTINGS)
+
+
+def test_replies_come_by_the_stream_and_by_api_chat_where_the_stream_is_missing(page, web_server):
+    posted = []
+    page.on("request", lambda r: r.method == "POST" and posted.append(r.url.split("/", 3)[-1]))
+    open_chat(page, web_server.url)
+    with page.expect_response("**/api/chat/stream") as streamed:
+        send(page, "hi there!", 0)
+    assert streamed.value.ok and streamed.value.headers["content-type"].startswith("text/event-stream")
+    assert posted == ["api/chat/stream"]
+    first = transcript(page)
+    assert [role for role, _ in first] == ["user", "bot"] and first[1][1].strip()
+
+    # a server without the route (404): the page falls back to /api/chat, and the turn is kept once
+    page.route("**/api/chat/stream", lambda route: route.fulfill(status=404, content_type="application/json",
+                                                                 body='{"error": "not found"}'))
+    with page.expect_response("**/api/chat") as whole:
+        send(page, "where do you live?", 1)
+    assert whole.value.ok and posted[-1] == "api/chat"
+    page.console_errors[:] = [e for e in page.console_errors if "status of 404" not in e]  # the one routed above
+    page.unroute("**/api/chat/stream")
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    assert [role for role, _ in transcript(page)] == ["user", "bot", "user", "bot"]
+    assert transcript(page)[:2] == first

@@ -3,6 +3,7 @@ HTTP over loopback. Conversations across requests and workers, restarts, bad inp
 or killed under load."""
 from __future__ import annotations
 
+import json
 import stat
 import sys
 import time
@@ -14,6 +15,7 @@ import requests
 
 from conftest import ROOT, WebServer
 from ergo.chatbot import SETTINGS, Chatbot
+from ergo.text import tokenize
 from web.store import ConversationStore, connect
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -53,6 +55,44 @@ def test_a_conversation_keeps_its_turns_in_order(web_server):
     assert [(t["turn"], t["role"]) for t in turns] == [(n, "user" if n % 2 else "bot") for n in range(1, 7)]
     assert [t["text"] for t in turns[::2]] == messages
     assert [t["text"] for t in turns[1::2]] == [d["reply"] for d in data]
+
+
+def events(response: requests.Response) -> list[tuple[str, dict]]:
+    """The (event, data) pairs of a server-sent event stream, as they come."""
+    out, event = [], None
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("event: "):
+            event = line[len("event: "):]
+        elif line.startswith("data: "):
+            out.append((event, json.loads(line[len("data: "):])))
+    return out
+
+
+def test_a_streamed_reply_comes_as_token_events_then_done_and_is_kept_once(web_server):
+    s, url = requests.Session(), web_server.url
+    greedy = {"mode": "generate", "decoder": "greedy"}
+    r = s.post(url + "/api/chat/stream", json={"message": "hi!", "settings": greedy}, stream=True, timeout=30)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+    assert r.headers["Cache-Control"] == "no-store"
+    got = events(r)
+    kinds = [e for e, _ in got]
+    done = got[-1][1]
+    assert kinds[-1] == "done" and set(kinds[:-1]) == {"token"}
+    assert len(kinds) - 1 == len(tokenize(done["reply"], True))  # word by word (one event a word)
+    assert set(done) == {"reply", "conversation_id", "turn", "degraded"} and done["turn"] == 2
+    assert "".join(d["text"] for _, d in got[:-1]).strip() == done["reply"]
+    assert done["reply"] == chat(requests.Session(), url, "hi!", **greedy).json()["reply"]  # as /api/chat says it
+    r = s.post(url + "/api/chat/stream", json={"message": "where do you live?"}, stream=True, timeout=30)
+    got = events(r)  # the default mode ranks candidates: its reply comes whole, in one token event
+    assert [e for e, _ in got] == ["token", "done"] and got[0][1]["text"] == got[1][1]["reply"]
+    turns = history(s, url)
+    assert [(t["turn"], t["role"]) for t in turns] == [(1, "user"), (2, "bot"), (3, "user"), (4, "bot")]
+    assert turns[1]["text"] == done["reply"]
+    bad = s.post(url + "/api/chat/stream", json={"message": ""}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"] == "message is empty"
+    bad = s.post(url + "/api/chat/stream", json={"message": "hi", "settings": {"beam_size": 7}}, timeout=30)
+    assert bad.status_code == 400 and "web clients" in bad.json()["error"]
+    assert len(history(s, url)) == 4
 
 
 def test_workers_start_without_tensorflows_notes_and_name_their_device(web_server):

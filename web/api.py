@@ -1,4 +1,4 @@
-"""The JSON API: chat, regenerate, history, reset, feedback, settings.
+"""The JSON API: chat (whole, or streamed as server-sent events), regenerate, history, reset, feedback, settings.
 
 The conversation id sits in Flask's signed session cookie; the turns sit in Redis, which is where the
 bot's context comes from, so any worker answers any turn. When Redis fails (unreachable, out of memory,
@@ -14,9 +14,9 @@ import re
 import secrets
 import threading
 
-from flask import Blueprint, abort, jsonify, request, session
+from flask import Blueprint, Response, abort, jsonify, request, session, stream_with_context
 
-from ergo.chatbot import AVOID_TURNS, SETTINGS, WEB_CHOICES, check_settings
+from ergo.chatbot import AVOID_TURNS, SETTINGS, check_settings, choices_of
 from ergo.errors import ErgoError
 
 from . import metrics
@@ -64,16 +64,18 @@ def settings_from(body: dict) -> dict:
         abort(400, str(e))
 
 
+def sse(event: str, data: dict) -> str:
+    """One server-sent event (data on one line: JSON escapes every newline)."""
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
 def settings_catalogue() -> list[dict]:
-    """SETTINGS for the page's panel; a text setting's choices are the words of its description it accepts,
-    a number's those of WEB_CHOICES, the only ones a web client may ask."""
+    """SETTINGS for the page's panel, each with the choices a web client may give where they are few."""
     out = []
-    for name, (kind, default, ok, valid) in SETTINGS.items():
+    for name, (kind, default, _, valid) in SETTINGS.items():
         item = {"name": name, "type": kind.__name__, "default": default, "description": valid}
-        if kind is str:
-            item["choices"] = [w for w in dict.fromkeys(re.findall(r"[A-Za-z_][\w-]*", valid)) if ok(w)]
-        elif name in WEB_CHOICES:
-            item["choices"] = list(WEB_CHOICES[name])
+        if (choices := choices_of(name)) is not None:
+            item["choices"] = choices
         out.append(item)
     return out
 
@@ -124,21 +126,23 @@ def api_blueprint(bot, store: ConversationStore, config: WebConfig, limit) -> Bl
             abort(400, f"message is too long: {len(message)} characters, at most {config.max_message_chars}")
         return message
 
-    @api.post("/chat")
-    @limit
-    def chat():
+    def chat_turn() -> tuple[str, dict, str, list[str], bool]:
+        """(message, settings, conversation id, the stored turns a reply needs, degraded) of a chat request."""
         body = json_body(("message", "settings"))
         message, settings = message_from(body), settings_from(body)
         cid = conversation_id()
-        degraded, turn = False, None
         try:
             # the turns a reply may not repeat (they hold the context window, and spare turns should some
             # have no words: Chatbot.context skips them)
-            context = [t["text"] for t in store.turns(cid, last=max(AVOID_TURNS, 2 * bot.bundle.data_config.context_turns))]
+            last = max(AVOID_TURNS, 2 * bot.bundle.data_config.context_turns)
+            return message, settings, cid, [t["text"] for t in store.turns(cid, last=last)], False
         except StoreUnavailable as e:
             store_failed(e)
-            context, degraded = [], True
-        reply = reply_to(context + [message], settings)
+            return message, settings, cid, [], True
+
+    def kept(cid: str, message: str, reply, degraded: bool) -> dict:
+        """Store the exchange (unless Redis already failed) -> the JSON object /api/chat answers."""
+        turn = None
         if not degraded:
             try:
                 turn = store.append(cid, {"role": "user", "text": message}, bot_turn(reply))
@@ -147,7 +151,35 @@ def api_blueprint(bot, store: ConversationStore, config: WebConfig, limit) -> Bl
                 store_failed(e)
                 degraded = True
         metrics.REPLIES.labels(degraded=str(degraded).lower()).inc()
-        return jsonify(reply=reply.text, conversation_id=cid, turn=turn, degraded=degraded)
+        return dict(reply=reply.text, conversation_id=cid, turn=turn, degraded=degraded)
+
+    @api.post("/chat")
+    @limit
+    def chat():
+        message, settings, cid, context, degraded = chat_turn()
+        return jsonify(kept(cid, message, reply_to(context + [message], settings), degraded))
+
+    @api.post("/chat/stream")
+    @limit
+    def chat_stream():
+        """/api/chat as server-sent events: `token` events with each piece of text as it is generated, then
+        `done` with what /api/chat answers. The exchange is stored once, at the end."""
+        message, settings, cid, context, degraded = chat_turn()
+        try:
+            pieces = bot.reply_stream(context + [message], **settings)
+        except ErgoError as e:
+            abort(400, str(e))
+
+        def events():
+            with model_lock:
+                for piece in pieces:
+                    if isinstance(piece, str):
+                        yield sse("token", {"text": piece})
+            metrics.REPLY_SECONDS.observe(piece.seconds)
+            yield sse("done", kept(cid, message, piece, degraded))
+
+        return Response(stream_with_context(events()), mimetype="text/event-stream",
+                        headers={"X-Accel-Buffering": "no"})  # a proxy such as nginx passes each event on
 
     @api.post("/regenerate")
     @limit

@@ -17,6 +17,43 @@ async function api(path, body) {
   return data;
 }
 
+const STREAMS = typeof ReadableStream !== "undefined" && typeof TextDecoderStream !== "undefined"
+  && "body" in Response.prototype;
+
+// A reply from /api/chat/stream, its pieces of text given to onPiece as they come (server-sent events:
+// token..., then done with what /api/chat answers); from /api/chat where the browser cannot read a stream
+// or the server has no such route.
+async function chatStreamed(body, onPiece) {
+  if (!STREAMS) return api("/api/chat", body);
+  const response = await fetch("/api/chat/stream", {
+    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  if (response.status === 404 || response.status === 405) return api("/api/chat", body);
+  if (!response.ok) {
+    let data = {};
+    try { data = await response.json(); } catch (e) { /* not JSON: keep the status */ }
+    throw new Error(data.error || `the server answered ${response.status}`);
+  }
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "", done = null;
+  for (;;) {
+    const {value, done: end} = await reader.read();
+    if (end) break;
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const event = /^event: (.*)$/m.exec(block), data = /^data: (.*)$/m.exec(block);
+      if (!event || !data) continue;
+      const payload = JSON.parse(data[1]);
+      if (event[1] === "token") onPiece(payload.text);
+      else if (event[1] === "done") done = payload;
+    }
+  }
+  if (!done) throw new Error("the reply was cut off; try again");
+  return done;
+}
+
 function say(text) {
   notice.textContent = text;
   notice.hidden = !text;
@@ -146,7 +183,13 @@ async function send() {
   grow();
   addMessage("user", text);
   await withBusy(async () => {
-    const data = await api("/api/chat", {message: text, settings: chosenSettings()});
+    let row = null;
+    const data = await chatStreamed({message: text, settings: chosenSettings()}, (piece) => {
+      if (!row) { typing(false); row = addMessage("bot", ""); }
+      row.querySelector(".bubble").textContent += piece;
+      scrollDown();
+    });
+    if (row) row.remove();  // the final reply, with its turn and thumbs (the safety filter may change words)
     addMessage("bot", data.reply, data.turn);
     degradedNotice(data);
   });
