@@ -1,7 +1,9 @@
-"""The Redis conversation store against a real redis-server: order, cap, TTL, atomic appends, votes; and
-our own redis-server: private files, kept data, a memory limit, restarts, and every way Redis refuses."""
+"""The Redis conversation store against a real redis-server: order, cap, TTL, atomic appends, votes, the
+ids, older versions' keys renamed; and our own redis-server: private files, kept data, a memory limit,
+restarts, and every way Redis refuses. On a Redis Cluster: test_web_cluster.py."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -15,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from web.config import WebConfig
 from web.redis_server import LocalRedis, alive
-from web.store import ConversationStore, StoreUnavailable, connect
+from web.serve import _migrate
+from web.store import PREFIX, ConversationStore, StoreUnavailable, connect
 
 
 @pytest.fixture()
@@ -128,6 +132,61 @@ def test_votes_only_on_kept_bot_turns(store):
     assert [t.get("vote") for t in store.turns(c, votes=True)] == [None, "up"]
 
 
+def test_ids_name_every_stored_conversation_once(store):
+    made = {cid() for _ in range(30)}
+    for c in made:
+        store.append(c, *exchange(1))
+    store.turns(cid())  # read, never written: not stored
+    ids = list(store.ids())
+    assert made <= set(ids) and len(ids) == len(set(ids))
+
+
+def keep_the_old_way(client, c: str, ttl: int) -> list[str]:
+    """A conversation as versions before the hash tags kept it: one exchange, a vote on the reply."""
+    turns, meta, feedback = keys = [f"{PREFIX}{c}:{part}" for part in ("turns", "meta", "feedback")]
+    client.rpush(turns, *(json.dumps({"n": n, **t, "time": 1.0}) for n, t in enumerate(exchange(1), 1)))
+    client.hset(meta, "n", 2)
+    client.hset(feedback, "2", json.dumps({"vote": "up", "text": "reply 1", "time": 1.0}))
+    for k in keys:
+        client.expire(k, ttl)
+    return keys
+
+
+def test_conversations_an_older_version_kept_are_renamed_once_with_their_ttl(store):
+    old, continued = cid(), cid()
+    old_keys = keep_the_old_way(store.client, old, ttl=200)
+    keep_the_old_way(store.client, continued, ttl=200)
+    store.append(continued, *exchange(2))  # continued under the new keys before any migration ran
+    assert store.migrate() == 1
+    assert not any(store.client.exists(k) for k in old_keys)
+    assert all(150 < store.client.ttl(k) <= 200 for k in store.keys(old))  # kept (a read then refreshes it)
+    assert [(t["n"], t["text"], t.get("vote")) for t in store.turns(old, votes=True)] == [
+        (1, "message 1", None), (2, "reply 1", "up")]
+    assert store.append(old, *exchange(2)) == 4  # the numbering goes on
+    assert [t["text"] for t in store.turns(continued)] == ["message 2", "reply 2"]  # the new keys win
+    assert store.migrate() == 0
+
+
+def test_a_run_folders_redis_of_an_older_version_is_migrated_at_start(tmp_path, capsys):
+    server = LocalRedis(tmp_path / "redis")
+    try:
+        c = cid()
+        url = server.start()
+        keep_the_old_way(connect(url), c, ttl=300)
+        server.stop(keep_address=True)  # the upgrade: the same data, the new version's server
+        server.start()
+        _migrate(url, WebConfig())
+        assert "1 conversation(s) of an older version renamed" in capsys.readouterr().out
+        assert [t["text"] for t in ConversationStore(connect(url), cap=10, ttl=300).turns(c)] == [
+            "message 1", "reply 1"]
+        _migrate(url, WebConfig())
+        assert capsys.readouterr().out == ""  # nothing left: nothing said
+    finally:
+        server.stop()
+    _migrate(url, WebConfig())  # Redis away: the server starts all the same and says so
+    assert "could not look for an older version's conversations now" in capsys.readouterr().out
+
+
 def test_unreachable_redis_is_store_unavailable(tmp_path):
     down = ConversationStore(connect(f"unix://{tmp_path}/no-redis.sock"), cap=10, ttl=10)
     assert not down.ping()
@@ -135,6 +194,8 @@ def test_unreachable_redis_is_store_unavailable(tmp_path):
         down.turns(cid())
     with pytest.raises(StoreUnavailable):
         down.append(cid(), *exchange(1))
+    with pytest.raises(StoreUnavailable):
+        list(down.ids())
 
 
 def modes(folder: Path) -> dict[str, int]:

@@ -9,6 +9,7 @@ import os
 import secrets
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flask import Flask, abort, jsonify, render_template, request, send_file
 from flask_limiter import Limiter
@@ -53,8 +54,11 @@ def is_loopback(address: str | None) -> bool:
     return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
 
 
-def limits_storage(redis_url: str) -> str:
-    """Flask-Limiter spells a unix-socket Redis URL redis+unix://."""
+def limits_storage(redis_url: str, cluster: bool = False) -> str:
+    """Flask-Limiter spells a unix-socket Redis URL redis+unix://, and a cluster (found from the node at
+    redis://[user:password@]host:port) redis+cluster://."""
+    if cluster:
+        return "redis+cluster://" + urlsplit(redis_url).netloc
     return "redis+unix://" + redis_url[len("unix://"):] if redis_url.startswith("unix://") else redis_url
 
 
@@ -85,9 +89,9 @@ def create_app(bundle_dir: Path, redis_url: str, secret_key: str, config: WebCon
     bot.reply(["hello"])
     bot.reply(["hello"], mode="generate")
     bot.decoder.pin()
-    store = ConversationStore(connect(redis_url), config.history_cap, config.history_ttl,
+    store = ConversationStore(connect(redis_url, config.redis_cluster), config.history_cap, config.history_ttl,
                               config.history_ttl_first)
-    limiter = Limiter(get_remote_address, app=app, storage_uri=limits_storage(redis_url),
+    limiter = Limiter(get_remote_address, app=app, storage_uri=limits_storage(redis_url, config.redis_cluster),
                       storage_options={"key_prefix": "ergo:limits", "socket_connect_timeout": 0.5,
                                        "socket_timeout": 2.0},
                       strategy="moving-window", headers_enabled=True,

