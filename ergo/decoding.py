@@ -53,6 +53,9 @@ TARGET_ROWS, TARGET_LENGTH = 4, 8   # ... and other candidates padded to multipl
 # some of TensorFlow's memory (its graph and executor; docs/RELIABILITY.md) until it is dropped, and is
 # traced again (a second or two) when asked for after that.
 SEARCHES = 8
+# Steps a streamed reply runs per compiled call after its first word: each call costs a few tenths of a ms
+# on top of its steps, so one a word lost a third of the web's throughput (docs/BENCHMARKS.md).
+STREAM_STEPS = 4
 _MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; None elsewhere
 @dataclass
 class Candidate:
@@ -116,6 +119,7 @@ class Decoder:
             kernel = ops.convert_to_numpy(model.output_layer.kernel)
             self._frequent_kernel = ops.convert_to_tensor(np.ascontiguousarray(kernel[:, :self.shortlist.size]))
         self._searches: OrderedDict = OrderedDict()  # key -> compiled search, the most recently used last
+        self._streams: OrderedDict = OrderedDict()   # the same for streamed replies (Decoder.stream)
         self.max_searches = searches
         self._pinned: dict = {}  # key -> compiled search kept for good (pin)
         self._scores: dict = {}  # by shortlist or not: two at most
@@ -162,8 +166,8 @@ class Decoder:
                sampling: dict | None = None) -> Iterator[int | Candidate]:
         """One reply drawn word by word: yields each word id as it is chosen, then the Candidate, the same
         that `greedy` (or, with `sampling` = dict(temperature=, top_k=, top_p=, seed=), `sample` with one
-        sample) returns. One compiled call per step instead of one for the whole loop: a word can be shown
-        as soon as it is chosen, for a little more time in all."""
+        sample) returns. The first word comes from a compiled call of its own, then STREAM_STEPS words a
+        call, instead of one call for the whole loop: words can be shown as they are chosen."""
         sampling = dict(sampling or {})
         top_k = self._top_k(sampling.pop("top_k", 0), shortlist) if sampling else 0
         key = ("stream", max_len, no_repeat_ngram, block_context_ngram, shortlist is not None, top_k, bool(sampling))
@@ -174,16 +178,17 @@ class Decoder:
                                          np.int32(sampling["seed"] % 2**31))
         ctx, min_len = ops.convert_to_tensor(ctx), ops.convert_to_tensor(np.int32(min_len))
         memory, loop = begin(ctx, *ids)
-        words = []
-        for _ in range(max_len):
-            loop = advance(ctx, min_len, self.banned, memory, loop, *drawn, *ids)
-            tok, ended = (int(ops.convert_to_numpy(x)[0]) for x in (loop[1], loop[6]))
-            if ended:
+        words, steps = [], 1  # the first word alone, as soon as it is chosen; then STREAM_STEPS a call
+        while True:
+            loop = advance(ctx, min_len, self.banned, memory, loop, np.int32(steps), *drawn, *ids)
+            t, length, ended = int(loop[0]), int(ops.convert_to_numpy(loop[5])[0]), bool(ops.convert_to_numpy(loop[6])[0])
+            for column in ops.convert_to_numpy(loop[3])[0, len(words):length].tolist():
+                words.append(column if not ids else int(ids[0][column]))
+                yield words[-1]
+            if ended or t >= max_len:
                 break
-            word = tok if not ids else int(ids[0][tok])
-            words.append(word)
-            yield word
-        yield Candidate(words, float(ops.convert_to_numpy(loop[4])[0]), bool(ended))
+            steps = STREAM_STEPS
+        yield Candidate(words, float(ops.convert_to_numpy(loop[4])[0]), ended)
 
     def rescore(self, context: np.ndarray, candidates: Sequence[Candidate], *, shortlist: np.ndarray | None = None,
                 anti_lm: bool = False) -> list[Candidate]:
@@ -219,8 +224,9 @@ class Decoder:
     def pin(self) -> None:
         """Keep the compiled searches made so far for good (a server's defaults, traced at its start), so
         that others taking turns in the cache never make the usual reply wait for a trace."""
-        self._pinned.update(self._searches)
-        self._searches.clear()
+        for cache in (self._searches, self._streams):
+            self._pinned.update(cache)
+            cache.clear()
 
     # -- inputs and the cache of compiled searches -----------------------------------------------
 
@@ -276,15 +282,17 @@ class Decoder:
     def _compiled(self, key: tuple, build):
         """The compiled search for `key`, made by `build()` unless kept; besides the pinned ones, only the
         `max_searches` most recently used are kept, so settings that vary without end cannot grow the
-        memory without end."""
+        memory without end. Streamed replies keep as many of their own: a page that streams and then
+        regenerates a whole reply (the same settings) would otherwise trace one of the two every time."""
         if key in self._pinned:
             return self._pinned[key]
-        fn = self._searches.pop(key, None)
+        cache = self._streams if key[0] == "stream" else self._searches
+        fn = cache.pop(key, None)
         if fn is None:
             fn = build()
-        self._searches[key] = fn  # now the most recently used
-        if len(self._searches) > self.max_searches:
-            self._searches.popitem(last=False)
+        cache[key] = fn  # now the most recently used
+        if len(cache) > self.max_searches:
+            cache.popitem(last=False)
             _release()
         return fn
 
@@ -424,20 +432,22 @@ class Decoder:
                               has_also=True)
 
     def _stream_fns(self, max_len: int, n_rep: int, n_ctx: int, top_k: int, sampling: bool):
-        """(begin, advance) of a reply drawn one compiled step a call: begin(ctx[, ids]) -> (memory, loop
-        state); advance(ctx, min_len, banned, memory, loop[, temperature, top_p, seed][, ids]) -> the loop
-        state after one more step (searches.draw_step)."""
+        """(begin, advance) of a reply drawn a few compiled steps a call: begin(ctx[, ids]) -> (memory, loop
+        state); advance(ctx, min_len, banned, memory, loop, steps[, temperature, top_p, seed][, ids]) -> the
+        loop state after up to `steps` more steps (searches.draw_step)."""
         def begin(ctx, ids=None):
             memory, states = self.model.encode_left_padded(ctx[None, :])
             return memory, draw_start(states, width=1, max_len=max_len)
 
-        def advance(ctx, min_len, banned, memory, loop, *rest):
+        def advance(ctx, min_len, banned, memory, loop, steps, *rest):
             drawn, ids = (rest[:3], rest[3:]) if sampling else ((), rest)
             ids = ids[0] if ids else None
             step = self._rules(self._step(memory, self._projection(ids, one_row=True), ids), ctx, min_len, banned,
                                ids, n_rep, n_ctx)
             pick = sampling_pick(*drawn[:1], top_k, *drawn[1:]) if sampling else greedy_pick
-            return draw_step(step, pick, loop)
+            until = ops.minimum(loop[0] + steps, max_len)
+            return ops.while_loop(lambda t, *rest: ops.logical_and(t < until, ~ops.all(rest[-1])),
+                                  lambda *loop: draw_step(step, pick, loop), loop)
         return _compile(begin, None), _compile(advance, None, jit=self.xla)
 
     def _score_graph(self, enc, dec_in, target, ids=None):
