@@ -19,15 +19,17 @@ TENSORFLOW_ACTIONS = ("train", "train_selector", "evaluate", "export", "chat")  
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ergo.choices import ATTENTION, DECODERS, MODES, SPLITS, described
     from ergo.config import DEFAULT_PRESET, PRESETS, SELECTOR_ENCODERS
     from ergo.corpora import NAMED, READERS
+    from ergo.corpora.download import SOURCES
 
     p = argparse.ArgumentParser(
         prog="main.py", description="ErGo: train a seq2seq chatbot on dialogs and chat with it.",
         epilog="Corpus formats and examples: corpora/README.md")
     act = p.add_argument_group("what to do (one or more, run in this order)")
-    act.add_argument("--download", metavar="NAME", choices=("cornell", "ubuntu"),
-                     help="fetch a corpus from its official address into corpora/NAME/ (cornell, ubuntu)")
+    act.add_argument("--download", metavar="NAME", choices=sorted(SOURCES),
+                     help=f"fetch a corpus from its official address into corpora/NAME/ ({', '.join(sorted(SOURCES))})")
     act.add_argument("--preprocess", action="store_true",
                      help="corpus -> tokens -> vocabulary -> pickled id sequences + word2vec")
     act.add_argument("--train", action="store_true",
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train towards 1-E on the true word and E spread over the vocabulary (full softmax only)")
     tr.add_argument("--hidden", type=int, help="override the preset's LSTM size")
     tr.add_argument("--layers", type=int, help="override the preset's number of LSTM layers")
-    tr.add_argument("--attention", choices=("dot", "general", "additive"), help="override the attention kind")
+    tr.add_argument("--attention", choices=ATTENTION, help=f"override the attention kind: {described(ATTENTION)}")
     tr.add_argument("--dropout", type=float, help="override the preset's dropout")
     tr.add_argument("--sampled-softmax", type=int, metavar="N",
                     help="train with N sampled classes instead of the full softmax (validation stays exact)")
@@ -105,13 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "--train-selector trains for --minutes itself")
 
     rep = p.add_argument_group("replies (--chat, --evaluate, --export)")
-    rep.add_argument("--mode", choices=("generate", "retrieve", "hybrid"), help="how replies are found")
-    rep.add_argument("--decoder", choices=("greedy", "beam", "sample"), help="how replies are generated")
+    rep.add_argument("--mode", choices=MODES, help=f"how replies are found: {described(MODES)}")
+    rep.add_argument("--decoder", choices=DECODERS, help=f"how replies are generated: {described(DECODERS)}")
     rep.add_argument("--beam-size", type=int, help="beam width")
     rep.add_argument("--temperature", type=float, help="sampling temperature")
     rep.add_argument("--mmi", type=float, help="weight of the anti-generic (MMI) penalty, 0 to 1")
     rep.add_argument("--blocklist", type=Path, help="a file of words/patterns never to say (default: ergo/blocklist.txt)")
-    rep.add_argument("--split", default="test", choices=("valid", "test"), help="the split --evaluate uses")
+    rep.add_argument("--split", default="test", choices=SPLITS, help="the split --evaluate uses")
     rep.add_argument("--export-dir", type=Path, help="where --export writes (default: export/ beside the bundle, so "
                                                   "MODEL_DIR/export for a training run's folder)")
 
@@ -260,7 +262,19 @@ def _trained_on(bundle: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; also callable in process (a test, a notebook), which it leaves as it found it: the
+    environment variable below is set only while it runs (TensorFlow reads it as it starts)."""
+    given = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides our output
+    try:
+        return _main(argv)
+    finally:
+        if given is None:
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+        _device.line = None  # a mistake before the first TensorFlow work leaves it unsaid
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not any(getattr(args, a) for a in ACTIONS):

@@ -416,8 +416,9 @@ def preprocess(corpus: Corpus, cfg: DataConfig, out_dir: Path, *, embeddings: Pa
     return PreparedData.open(out_dir), False
 
 
-def describe(data: PreparedData, reused: bool, out=sys.stdout) -> None:
-    """Where it wrote what, and the headline counts."""
+def describe(data: PreparedData, reused: bool, out=None) -> None:
+    """Where it wrote what, and the headline counts, on `out` (default: sys.stdout as it is at the call)."""
+    out = out or sys.stdout
     s = data.stats
     verb = "up to date, reused" if reused else "written"
     print(f"{data.path}/ {verb}: {s['conversations']:,} conversations, {s['utterances']:,} utterances -> "

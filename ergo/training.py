@@ -394,6 +394,10 @@ class _TensorBoard:
             self.tf.summary.scalar(name, value, step=step)
         self.writer.flush()
 
+    def close(self) -> None:
+        """The events file closed when training ends, not whenever the writer happens to be collected."""
+        self.writer.close()
+
     @classmethod
     def create(cls, logdir: Path):
         return cls(logdir) if keras.backend.backend() == "tensorflow" else None
@@ -600,6 +604,8 @@ def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progr
     finally:
         if bar is not None:
             bar.close()
+        if writer is not None:
+            writer.close()
     return rank(state)
 
 
