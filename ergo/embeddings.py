@@ -23,9 +23,14 @@ def train_word2vec(corpus_file: Path, dim: int, *, min_count: int, window: int, 
     spaces: gensim reads the file in threads of its own, and no sentence is held in memory. One thread
     more than cores, as each thread also reads and parses its part of the file (docs/BENCHMARKS.md)."""
     from gensim.models import Word2Vec
-    logging.getLogger("gensim").setLevel(logging.WARNING)
-    model = Word2Vec(corpus_file=str(corpus_file), vector_size=dim, window=window, min_count=min_count,
-                     epochs=epochs, seed=seed, workers=max(1, workers) + 1)
+    gensim_log = logging.getLogger("gensim")
+    level = gensim_log.level  # its progress notes are held back while it trains, then the caller's level is back
+    gensim_log.setLevel(logging.WARNING)
+    try:
+        model = Word2Vec(corpus_file=str(corpus_file), vector_size=dim, window=window, min_count=min_count,
+                         epochs=epochs, seed=seed, workers=max(1, workers) + 1)
+    finally:
+        gensim_log.setLevel(level)
     return model.wv
 
 
