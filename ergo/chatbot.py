@@ -196,12 +196,17 @@ class Chatbot:
     def reply(self, history: Sequence[str], **settings) -> Reply:
         """A reply to the last turn of `history` (the conversation so far, oldest first)."""
         started = time.perf_counter()
+        settings, avoid = self._prepared(history, settings)
+        return self.respond(self.context(history), started=started, avoid=avoid, **settings)
+
+    def _prepared(self, history: Sequence[str], settings: dict) -> tuple[dict, list]:
+        """(the checked settings, the last turns as ids, which a reply may not repeat); an ErgoError when
+        the last turn has nothing to reply to."""
         settings = check_settings(settings, self.web)
         lowercase = self.bundle.data_config.lowercase
         if not history or not tokenize(str(history[-1]), lowercase):
             raise ErgoError("nothing to reply to: the last turn has no words")
-        avoid = [self.vocab.encode(tokenize(str(t), lowercase)) for t in history[-AVOID_TURNS:]]
-        return self.respond(self.context(history), started=started, avoid=avoid, **settings)
+        return settings, [self.vocab.encode(tokenize(str(t), lowercase)) for t in history[-AVOID_TURNS:]]
 
     def reply_stream(self, history: Sequence[str], **settings) -> Iterator[str | Reply]:
         """`reply`, word by word where the reply is drawn word by word: the generate mode with the greedy
@@ -211,17 +216,14 @@ class Chatbot:
         whole, and may replace the streamed words. Other settings yield the Reply's text as one piece.
         A mistake in the settings or the history is an ErgoError here, before anything is yielded."""
         started = time.perf_counter()
-        s = check_settings(settings, self.web)
-        lowercase = self.bundle.data_config.lowercase
-        if not history or not tokenize(str(history[-1]), lowercase):
-            raise ErgoError("nothing to reply to: the last turn has no words")
+        s, avoid = self._prepared(history, settings)
+        context = self.context(history)
         if not streams(s):
-            return self._whole(history, s)
-        avoid = [self.vocab.encode(tokenize(str(t), lowercase)) for t in history[-AVOID_TURNS:]]
-        return self._streamed(self.context(history), s, avoid, started)
+            return self._whole(context, s, avoid, started)
+        return self._streamed(context, s, avoid, started)
 
-    def _whole(self, history, s: dict) -> Iterator[str | Reply]:
-        reply = self.reply(history, **s)
+    def _whole(self, context, s: dict, avoid, started: float) -> Iterator[str | Reply]:
+        reply = self.respond(context, started=started, avoid=avoid, **s)
         yield reply.text
         yield reply
 
@@ -243,7 +245,7 @@ class Chatbot:
             piece = text[len(shown):] if text.startswith(shown) else " " + detokenize(tokens[-1:])
             shown += piece
             yield piece
-        avoid = {tuple(t) for t in (*avoid, *_turns(context)) if t}
+        avoid = _avoided(avoid, context)
         yield self._shown(self._rank(self._fresh(found, avoid), s), context, s, avoid, started)
 
     def respond(self, context: np.ndarray, started: float | None = None, avoid: Sequence[Sequence[int]] = (),
@@ -252,7 +254,7 @@ class Chatbot:
         `avoid`: turns (word ids) the reply may not repeat, besides those of the context."""
         started = time.perf_counter() if started is None else started
         settings = check_settings(settings, self.web)
-        avoid = {tuple(t) for t in (*avoid, *_turns(context)) if t}
+        avoid = _avoided(avoid, context)
         return self._shown(self.candidates(context, settings, avoid), context, settings, avoid, started)
 
     def _shown(self, ranked: list[Ranked], context, settings: dict, avoid: set, started: float) -> Reply:
@@ -386,6 +388,11 @@ def _turns(context: np.ndarray) -> list[tuple[int, ...]]:
         elif w != PAD_ID:
             turn.append(w)
     return turns + [tuple(turn)]
+
+
+def _avoided(avoid: Sequence[Sequence[int]], context: np.ndarray) -> set:
+    """The turns a reply may not repeat word for word: those given, and the context's."""
+    return {tuple(t) for t in (*avoid, *_turns(context)) if t}
 
 
 def _ngrams(ids: Sequence[int], n: int) -> set:

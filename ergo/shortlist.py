@@ -6,8 +6,8 @@ the words of any other candidate that must be scored on the same terms: the proj
 columns and the softmax is over them. A shortlist is sorted, so it starts with the frequent words: their
 columns are one slice of the kernel, and only the few others are gathered.
 
-The same rule serves a reply in Python (`Shortlist.of`) and inside a graph (`Shortlist.in_graph`, which
-the TF Serving export traces), so both choose the same words.
+The rule serves a reply in Python (`Shortlist.of`, numpy) and inside a graph (`Shortlist.in_graph`, which
+the TF Serving export traces); a test checks that both choose the same words.
 """
 from __future__ import annotations
 
@@ -52,9 +52,13 @@ class Shortlist:
         return ops.cast(ops.nonzero(chosen)[0], "int32")
 
     def of(self, context: np.ndarray, *others: Sequence[int]) -> np.ndarray | None:
-        """`in_graph` for a reply in Python: a numpy array, or None."""
-        ids = self.in_graph(np.asarray(context, np.int32), *(np.asarray(o, np.int32) for o in others))
-        return None if ids is None else ops.convert_to_numpy(ids).astype(np.int32)
+        """`in_graph` in numpy, for a reply in Python (eager ops would add most of a millisecond to each
+        reply); tests/test_searches.py checks that the two choose alike."""
+        if not self.size:
+            return None
+        chosen = np.arange(self.vocab_size) < self.size
+        chosen[np.concatenate([[EOS_ID], np.asarray(context), *(np.asarray(o) for o in others)]).astype(np.intp)] = True
+        return np.flatnonzero(chosen).astype(np.int32)
 
     def check(self, ids) -> np.ndarray:
         """`ids` as int32, or a ValueError when they do not start with the frequent words (their columns are
