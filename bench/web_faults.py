@@ -42,7 +42,8 @@ FAILED = (OSError, http.client.HTTPException, ValueError)  # what a request rais
 
 class Chatters:
     """`n` clients, each its own conversation, chatting back to back from threads while the `with` block
-    runs (at most `seconds`, `most` messages each): every request's outcome and every acknowledged turn."""
+    runs (at most `seconds`, and until `most` exchanges each are kept: replies that were not kept, while a
+    fault lasts, do not count): every request's outcome and every acknowledged turn."""
 
     def __init__(self, address: str, n: int, seconds: float = 600, most: int = 5000):
         self.address = address  # a restarted server listens elsewhere: set this and the clients follow
@@ -77,9 +78,8 @@ class Chatters:
         return self.turns >= turns
 
     def _chat(self, k: int) -> None:
-        for i in range(self._most):
-            if self._stop.is_set() or time.monotonic() > self._deadline:
-                return
+        i = 0
+        while len(self.acked[k]) < self._most and not self._stop.is_set() and time.monotonic() < self._deadline:
             client, message = self.clients[k], f"{MESSAGES[i % len(MESSAGES)]} ({k}.{i})"
             try:
                 status, body, worker = client.request("POST", "/api/chat", {"message": message})
@@ -97,6 +97,7 @@ class Chatters:
                 if worker:
                     self.on_worker[k] = worker
                     self.last_seen[worker] = time.monotonic()
+            i += 1
 
 
 def probe(address: str) -> tuple[int, dict, str] | None:
