@@ -14,7 +14,8 @@ from ergo.errors import ErgoError
 
 UNBOUNDED_EPOCHS = 10_000
 DEFAULT_CORPUS = "chitchat"
-ACTIONS = ("download", "preprocess", "train", "train_selector", "evaluate", "export", "chat", "serve")
+ACTIONS = ("download", "preprocess", "train", "train_selector", "evaluate", "export", "chat", "serve",
+           "export_conversations")
 TENSORFLOW_ACTIONS = ("train", "train_selector", "evaluate", "export", "chat")  # --serve: in each web worker
 
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ergo.config import DEFAULT_PRESET, PRESETS, SELECTOR_ENCODERS
     from ergo.corpora import NAMED, READERS
     from ergo.corpora.download import SOURCES
+    from web.export import RATED
 
     p = argparse.ArgumentParser(
         prog="main.py", description="ErGo: train a seq2seq chatbot on dialogs and chat with it.",
@@ -42,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--export", action="store_true", help="write a TensorFlow SavedModel for TF Serving")
     act.add_argument("--chat", action="store_true", help="chat in the terminal (or answer piped lines)")
     act.add_argument("--serve", action="store_true", help="serve the chat page at http://HOST:PORT/ (gunicorn)")
+    act.add_argument("--export-conversations", type=Path, metavar="OUT",
+                     help="write the web chat's stored conversations (by default those with an up-vote) to OUT as "
+                          "a JSON-lines corpus, to train on (--train --corpus OUT --init-from BUNDLE)")
 
     data = p.add_argument_group("data")
     data.add_argument("--corpus",
@@ -63,9 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--force", action="store_true", help="rebuild preprocessed data even if up to date")
 
     tr = p.add_argument_group("training")
-    tr.add_argument("--model-dir", type=Path,
+    tr.add_argument("--model-dir", type=Path, action="append",
                     help="the run folder (default: checkpoints/CORPUS-PRESET); its best/ bundle is what "
-                         "--chat, --evaluate, --export and --serve use")
+                         "--chat, --evaluate, --export and --serve use; --serve takes several, side by side")
+    tr.add_argument("--init-from", type=Path, metavar="BUNDLE",
+                    help="fine-tune this bundle (or run folder's best/): start from its weights, encode --corpus "
+                         "with its vocabulary and data settings, keep its reply selector; a new run folder")
     tr.add_argument("--resume", action="store_true", help="continue the run in --model-dir where it stopped")
     tr.add_argument("--minutes", type=float,
                     help="train for this many minutes of wall-clock time (validation and saving included), then "
@@ -121,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     web.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     web.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default: 2)")
+    web.add_argument("--traffic", metavar="SHARES",
+                     help="with several --model-dir: each one's share of new conversations, e.g. 50,50 (default: "
+                          "equal)")
+    web.add_argument("--rated", choices=RATED, default="up",
+                     help="--export-conversations writes those with an up-vote (up, the default), a down-vote "
+                          "(down), or every one kept (any)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -131,10 +145,12 @@ def data_config(args):
                     context_turns=args.context_turns, embedding_dim=args.embedding_dim)
 
 
-def model_and_train_config(args):
+def model_and_train_config(args, init=None):
+    """The model settings (the preset's, or those of the bundle `init` that is fine-tuned) and the training
+    settings, each with the flags given."""
     from ergo.config import get_preset, override
     preset = get_preset(args.preset)
-    model = override(preset.model, hidden=args.hidden, layers=args.layers, attention=args.attention,
+    model = override(init.model_config if init else preset.model, hidden=args.hidden, layers=args.layers, attention=args.attention,
                      dropout=args.dropout, sampled_softmax=args.sampled_softmax,
                      freeze_embeddings=args.freeze_embeddings)
     # A budget is the run's length: the preset's epochs do not cut it short, an explicit --epochs does.
@@ -163,14 +179,19 @@ def corpus_name(args) -> str:
     return corpora.resolve(args.corpus or DEFAULT_CORPUS, args.format, args.corpora_dir).name
 
 
-def bundle_dir(args) -> Path:
-    """The bundle the reply commands use: MODEL_DIR/best, or MODEL_DIR itself when it is a bundle."""
-    run_dir = args.model_dir or Path("checkpoints") / f"{corpus_name(args)}-{args.preset}"
-    if (run_dir / "best" / "config.json").is_file():
-        return run_dir / "best"
-    if (run_dir / "config.json").is_file():
-        return run_dir
-    raise ErgoError(f"no trained model in {run_dir}/: train one with `python main.py --train`"
+def run_dir(args) -> Path:
+    return args.model_dir or Path("checkpoints") / f"{corpus_name(args)}-{args.preset}"
+
+
+def bundle_dir(args, folder: Path | None = None) -> Path:
+    """The bundle the reply commands use: FOLDER/best, or FOLDER itself when it is a bundle (FOLDER: the
+    --model-dir, or the run folder the same --corpus and --preset train into)."""
+    folder = folder or run_dir(args)
+    if (folder / "best" / "config.json").is_file():
+        return folder / "best"
+    if (folder / "config.json").is_file():
+        return folder
+    raise ErgoError(f"no trained model in {folder}/: train one with `python main.py --train`"
                     f"{' --preset ' + args.preset if args.preset != 'quick' else ''}, or pass --model-dir")
 
 
@@ -182,6 +203,7 @@ def run(args) -> None:
         print(f"{args.download} corpus ready in {folder}/ (preprocess it with "
               f"`python main.py --preprocess --corpus {args.download}`)")
     data = None
+    init = _fine_tuned(args)
     if args.train and not args.preprocess and args.corpus is None and args.data_dir \
             and (args.data_dir / "manifest.json").is_file():
         from ergo.dataset import PreparedData, describe
@@ -190,20 +212,25 @@ def run(args) -> None:
     elif args.preprocess or args.train:
         from ergo.dataset import describe, preprocess
         corpus = corpora.resolve(args.corpus or DEFAULT_CORPUS, args.format, args.corpora_dir)
-        out = args.data_dir or Path("data") / f"{corpus.name}-{args.preset}"
-        data, reused = preprocess(corpus, data_config(args), out, embeddings=args.embeddings,
-                                  encoding=args.encoding, workers=args.jobs, progress=not args.quiet,
-                                  force=args.force)
+        out = args.data_dir or Path("data") / f"{corpus.name}-{_suffix(args, init)}"
+        fixed = None
+        if init is not None:
+            from ergo.training import fine_tuning
+            _device()
+            fixed = fine_tuning(init)
+        data, reused = preprocess(corpus, init.data_config if init else data_config(args), out,
+                                  embeddings=args.embeddings, fixed=fixed, encoding=args.encoding, workers=args.jobs,
+                                  progress=not args.quiet, force=args.force)
         describe(data, reused)
     if args.train:
         from ergo.training import train
-        model_cfg, train_cfg = model_and_train_config(args)
-        run_dir = args.model_dir or Path("checkpoints") / f"{data.manifest['corpus']['name']}-{args.preset}"
+        model_cfg, train_cfg = model_and_train_config(args, init)
+        folder = args.model_dir or Path("checkpoints") / f"{data.manifest['corpus']['name']}-{_suffix(args, init)}"
         _device()
-        state = train(data, model_cfg, train_cfg, run_dir, selector_cfg=selector_config(args), resume=args.resume,
-                      progress=not args.quiet, init_embeddings=not args.no_word2vec)
-        print(f"best model: {run_dir}/best/ (validation perplexity {state.best_valid_ppl:.2f} at epoch "
-              f"{state.best_epoch}); curves in {run_dir}/curves.png, TensorBoard: tensorboard --logdir {run_dir}/logs")
+        state = train(data, model_cfg, train_cfg, folder, selector_cfg=selector_config(args), resume=args.resume,
+                      progress=not args.quiet, init_embeddings=not args.no_word2vec, init_from=init)
+        print(f"best model: {folder}/best/ (validation perplexity {state.best_valid_ppl:.2f} at epoch "
+              f"{state.best_epoch}); curves in {folder}/curves.png, TensorBoard: tensorboard --logdir {folder}/logs")
     if args.train_selector:
         from ergo.training import add_selector
         bundle = bundle_dir(args)
@@ -238,7 +265,38 @@ def run(args) -> None:
         chat(bot, settings=reply_settings(args))
     if args.serve:
         from web.serve import run as serve
-        serve(bundle_dir(args), args.host, args.port, args.workers)
+        serve([bundle_dir(args, d) for d in args.model_dirs] or [bundle_dir(args)], args.host, args.port,
+              args.workers, traffic=args.traffic)
+    if args.export_conversations:
+        from web.export import export_conversations
+        folder = run_dir(args)
+        report = export_conversations(folder.parent if folder.name == "best" else folder, args.export_conversations,
+                                      args.rated, progress=not args.quiet)
+        print(report.summary())
+
+
+DATA_FLAGS = ("max_vocab", "min_count", "context_turns", "embedding_dim", "embeddings", "no_word2vec")
+SHAPE_FLAGS = ("hidden", "layers", "attention")
+
+
+def _fine_tuned(args):
+    """The bundle --init-from names, loaded, once the flags that would contradict it are refused: its
+    vocabulary, data settings and model shape are what fine-tuning keeps."""
+    if args.init_from is None:
+        return None
+    if not args.train:
+        raise ErgoError("--init-from goes with --train (fine-tune a bundle on --corpus)")
+    given = [f"--{f.replace('_', '-')}" for f in (*DATA_FLAGS, *SHAPE_FLAGS) if getattr(args, f) not in (None, False)]
+    if given:
+        raise ErgoError(f"{', '.join(given)} cannot change a bundle that --init-from fine-tunes: its vocabulary, "
+                        f"data settings and model shape are kept")
+    from ergo.bundle import Bundle
+    return Bundle.load(bundle_dir(args, args.init_from))
+
+
+def _suffix(args, init) -> str:
+    """What names a run (and its data folder) besides the corpus: the preset, or the bundle it fine-tunes."""
+    return f"from-{init.name}" if init is not None else args.preset
 
 
 def _device() -> None:
@@ -279,10 +337,14 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     if not any(getattr(args, a) for a in ACTIONS):
         parser.print_usage(sys.stderr)
-        print(f"main.py: nothing to do: give one of {', '.join('--' + a for a in ACTIONS)} (see --help)",
-              file=sys.stderr)
+        print(f"main.py: nothing to do: give one of {', '.join('--' + a.replace('_', '-') for a in ACTIONS)} "
+              f"(see --help)", file=sys.stderr)
         return 2
+    args.model_dirs, args.model_dir = args.model_dir or [], (args.model_dir or [None])[0]
     try:
+        if len(args.model_dirs) > 1 and any(getattr(args, a) for a in ACTIONS if a != "serve"):
+            raise ErgoError("only --serve takes several --model-dir (bundles side by side); give the other "
+                            "commands one")
         if any(getattr(args, a) for a in TENSORFLOW_ACTIONS):
             from ergo.quiet import start_tensorflow
             _device.line = start_tensorflow()

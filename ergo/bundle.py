@@ -22,9 +22,10 @@ from typing import Sequence
 from . import __version__
 from .config import DataConfig, ModelConfig, from_dict, to_dict
 from .errors import ErgoError
-from .files import atomic_dir
+from .files import atomic_dir, sha256_file
 from .vocab import Vocab
 
+VERSION_CHARS = 12
 TOKENIZER = {"name": "nltk.TweetTokenizer", "reduce_len": True, "normalise": "NFKC, plain quotes"}
 
 
@@ -40,6 +41,14 @@ class Bundle:
     @property
     def weights(self) -> Path:
         return self.path / "model.weights.h5"
+
+    @property
+    def name(self) -> str:
+        return bundle_name(self.path)
+
+    def version(self) -> str:
+        """A short digest of the weights: tells two bundles of one run apart (the web names it)."""
+        return sha256_file(self.weights)[:VERSION_CHARS]
 
     @classmethod
     def load(cls, path: Path) -> "Bundle":
@@ -65,11 +74,21 @@ class Bundle:
         """The Seq2Seq with this bundle's weights; a shape mismatch is a clear error, not a traceback."""
         from .model import build_seq2seq
         model = build_seq2seq(self.model_config, len(self.vocab), embedding_dim=self.embedding_dim)
+        self.load_into(model)
+        return model
+
+    def load_into(self, model) -> None:
+        """This bundle's weights into a built model of its shape; a mismatch is a clear error."""
         try:
             model.load_weights(self.weights)
         except (ValueError, OSError) as e:
             raise ErgoError(f"{self.weights} does not fit the model its config.json describes: {e}") from None
-        return model
+
+
+def bundle_name(path: Path) -> str:
+    """What a bundle is called: its run folder's name for a run's best/, else its own folder's."""
+    path = Path(path).resolve()
+    return path.parent.name if path.name == "best" else path.name
 
 
 def save_bundle(path: Path, model, data_config: DataConfig, model_config: ModelConfig, vocab: Vocab,

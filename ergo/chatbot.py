@@ -179,7 +179,7 @@ class Chatbot:
 
     @property
     def name(self) -> str:
-        return self.bundle.path.resolve().parent.name if self.bundle.path.name == "best" else self.bundle.path.name
+        return self.bundle.name
 
     def context(self, history: Sequence[str]) -> np.ndarray:
         """The context window of the last K turns that have words, as preprocessing builds it (it skips

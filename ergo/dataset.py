@@ -32,7 +32,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -48,6 +48,9 @@ from .files import atomic_dir, atomic_write_text, iter_files, recover_dir, sha25
 from .splits import SplitWriter, load_split, split_files
 from .text import tokenize
 from .vocab import SEP_ID, SPECIALS, UNK_ID, Vocab
+
+if TYPE_CHECKING:
+    from gensim.models import KeyedVectors
 
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 2            # 1: pickled lists of arrays, one per pair
@@ -314,9 +317,22 @@ def write_pairs(tokens: Path, which: np.ndarray, vocab: Vocab, cfg: DataConfig, 
     return tally
 
 
+@dataclass(frozen=True)
+class FixedVocab:
+    """A vocabulary and its word vectors to encode a corpus with as they are, instead of counting one and
+    training word2vec: a bundle's own, so that the bundle can be fine-tuned on the data."""
+
+    vocab: Vocab
+    vectors: KeyedVectors
+    source: str  # where they come from, for stats.json
+
+    def digest(self) -> str:
+        return _digest([self.vocab.words, hashlib.sha256(self.vectors.vectors.tobytes()).hexdigest()])
+
+
 def preprocess(corpus: Corpus, cfg: DataConfig, out_dir: Path, *, embeddings: Path | None = None,
-               encoding: str | None = None, workers: int | None = None, progress: bool = True,
-               force: bool = False) -> tuple[PreparedData, bool]:
+               fixed: FixedVocab | None = None, encoding: str | None = None, workers: int | None = None,
+               progress: bool = True, force: bool = False) -> tuple[PreparedData, bool]:
     """Build (or reuse) the data folder for `corpus` under `cfg`. Returns (data, reused)."""
     out_dir = Path(out_dir)
     if embeddings is not None and not Path(embeddings).is_file():
@@ -325,7 +341,8 @@ def preprocess(corpus: Corpus, cfg: DataConfig, out_dir: Path, *, embeddings: Pa
     source = fingerprint(corpus.path or package_file())
     key = _digest({"corpus": corpus.format, "input": source,
                    "config": to_dict(cfg), "embeddings": fingerprint(Path(embeddings)) if embeddings else None,
-                   "encoding": encoding, "format_version": FORMAT_VERSION, "ergo_version": __version__})
+                   "encoding": encoding, "format_version": FORMAT_VERSION, "ergo_version": __version__,
+                   **({"fixed": fixed.digest()} if fixed else {})})
     if not force and (out_dir / "manifest.json").is_file():
         try:
             existing = PreparedData.open(out_dir)
@@ -339,7 +356,7 @@ def preprocess(corpus: Corpus, cfg: DataConfig, out_dir: Path, *, embeddings: Pa
     where = corpus.path or "the chitchat corpus"
     log = ReadLog()
     with atomic_dir(out_dir) as tmp:
-        tokens, w2v_corpus = tmp / TOKENS, None if embeddings else tmp / W2V_CORPUS
+        tokens, w2v_corpus = tmp / TOKENS, None if embeddings or fixed else tmp / W2V_CORPUS
         n, turns = tokenise_corpus(corpus, cfg, log, encoding, tokens,
                             workers if source["bytes"] >= PARALLEL_FROM_BYTES else 1, progress)
         timings["read+tokenise"] = time.perf_counter() - started
@@ -351,7 +368,7 @@ def preprocess(corpus: Corpus, cfg: DataConfig, out_dir: Path, *, embeddings: Pa
         parts = split_conversations(n, cfg)
         which = _membership(parts, n)
         counts = count_training_words(tokens, which, w2v_corpus)
-        vocab = Vocab.build(counts, cfg.min_count, cfg.max_vocab)
+        vocab = fixed.vocab if fixed else Vocab.build(counts, cfg.min_count, cfg.max_vocab)
         if len(vocab) == len(SPECIALS):  # else gensim stops with "you must first build vocabulary"
             raise CorpusError(f"{where}: too small to learn from: no word occurs {cfg.min_count} times or more in "
                               f"its {len(parts['train'])} training conversation(s), so there is no vocabulary to "
@@ -366,7 +383,9 @@ def preprocess(corpus: Corpus, cfg: DataConfig, out_dir: Path, *, embeddings: Pa
         timings["pairs"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        if embeddings:
+        if fixed:
+            vectors = fixed.vectors
+        elif embeddings:
             vectors = load_pretrained(Path(embeddings))
         else:
             w2v_epochs = word2vec_epochs(cfg.w2v_epochs, sum(counts.values()))
@@ -391,9 +410,9 @@ def preprocess(corpus: Corpus, cfg: DataConfig, out_dir: Path, *, embeddings: Pa
                          for name, s in tally.items()},
             "mean_context_len": round(train["context_tokens"] / train["pairs"], 2),
             "mean_reply_len": round(train["reply_tokens"] / train["pairs"], 2),
-            "embedding": {"source": str(embeddings) if embeddings else "word2vec trained on the training split",
-                          "dim": int(matrix.shape[1]), "coverage": round(coverage, 5),
-                          **({} if embeddings else {"word2vec_epochs": w2v_epochs})},
+            "embedding": {"source": fixed.source if fixed else str(embeddings) if embeddings else
+                          "word2vec trained on the training split", "dim": int(matrix.shape[1]),
+                          "coverage": round(coverage, 5), **({} if embeddings or fixed else {"word2vec_epochs": w2v_epochs})},
             **log.as_dict(),
             "seconds": {k: round(v, 2) for k, v in timings.items()},
         }

@@ -64,6 +64,17 @@ def load_pretrained(path: Path) -> KeyedVectors:
     return vectors
 
 
+def keyed_vectors(words, matrix: np.ndarray) -> KeyedVectors:
+    """Vectors given row by row (a trained model's embedding table) as gensim's KeyedVectors."""
+    from gensim.models import KeyedVectors
+    words = list(words)
+    vectors = KeyedVectors(int(matrix.shape[1]))
+    vectors.add_vectors(words, np.asarray(matrix, dtype=np.float32))
+    for i, word in enumerate(words):  # counts that keep the given order (a vocabulary's: the most frequent
+        vectors.set_vecattr(word, "count", len(words) - i)  # first) when saved in word2vec's format
+    return vectors
+
+
 def embedding_matrix(vectors: KeyedVectors, vocab: Vocab, seed: int) -> tuple[np.ndarray, float]:
     """(matrix, coverage): rows of words with a vector copy it; other rows are small random vectors
     on the vectors' own scale; <pad> is zero. Coverage is the share of non-special words found."""

@@ -42,10 +42,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .batching import BatchIterator, as_keras_data, make_batch
-from .bundle import save_bundle
+from .bundle import Bundle, link, save_bundle
 from .cluster import Cluster
 from .config import ModelConfig, SelectorConfig, TrainConfig, to_dict
-from .dataset import PreparedData
+from .dataset import FixedVocab, PreparedData
+from .embeddings import keyed_vectors
 from .errors import ErgoError
 from .files import atomic_dir, atomic_path, atomic_write_text, previous_of, recover_dir, sha256_file
 from .model import build_seq2seq, compile_for_training, perplexity
@@ -465,29 +466,43 @@ def _distribution_scope():
     return contextlib.nullcontext()
 
 
+def fine_tuning(bundle: Bundle) -> FixedVocab:
+    """A bundle's vocabulary and word vectors (its encoder's embedding table), to encode the data that
+    fine-tunes it (`train(init_from=bundle)`)."""
+    matrix = keras.ops.convert_to_numpy(bundle.build_model().enc_embedding.embeddings)
+    return FixedVocab(bundle.vocab, keyed_vectors(bundle.vocab.words, matrix),
+                      f"the embeddings of {bundle.path} (version {bundle.version()})")
+
+
 def train(data: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, model_dir: Path, *,
           selector_cfg: SelectorConfig | None = None, resume: bool = False, progress: bool = True,
-          init_embeddings: bool = True, callbacks: tuple = (), strategy_scope=None, log=print) -> TrainState:
+          init_embeddings: bool = True, init_from: Bundle | None = None, callbacks: tuple = (),
+          strategy_scope=None, log=print) -> TrainState:
     """Train until `train_cfg.epochs`, early stopping, or the end of the budget (`train_cfg.minutes`);
     returns the final state.
 
     `selector_cfg`: train a reply selector first (once a run), and choose its weight in the ranking at
     the end; None (or encoder "none"): no selector, and best/ gets the older retrieval index instead.
     `init_embeddings`: start the embeddings from the word2vec matrix (False: at random, to compare).
+    `init_from`: fine-tune this bundle: start from its weights (its model_config is the one to give), on data
+    encoded with its vocabulary (preprocess(fixed=fine_tuning(bundle))), keeping its reply selector.
     `strategy_scope`: a tf.distribute scope to build the model in (default: picked from the devices).
     """
     with _StopOnSigterm():
         return _train(data, model_cfg, train_cfg, model_dir, selector_cfg=selector_cfg, resume=resume,
-                      progress=progress, init_embeddings=init_embeddings, callbacks=callbacks,
+                      progress=progress, init_embeddings=init_embeddings, init_from=init_from, callbacks=callbacks,
                       strategy_scope=strategy_scope, log=log)
 
 
-def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progress, init_embeddings, callbacks,
-           strategy_scope, log) -> TrainState:
+def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progress, init_embeddings, init_from,
+           callbacks, strategy_scope, log) -> TrainState:
     vocab, matrix = data.vocab(), data.embeddings()
     train_split, valid_split = data.split("train"), data.split("valid")
     if not valid_split["reply"]:
         raise ErgoError("the validation split is empty: preprocess a corpus with more conversations")
+    if init_from is not None and init_from.vocab.words != vocab.words:
+        raise ErgoError(f"{data.path} is not encoded with the vocabulary of {init_from.path}, which fine-tuning "
+                        f"keeps: preprocess the corpus again with --init-from (and a new --data-dir)")
 
     configure_threads()
     if train_cfg.mixed_precision:
@@ -498,11 +513,14 @@ def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progr
             "model_config": to_dict(model_cfg), "data_key": data.manifest["key"],
             "vocab_size": len(vocab), "embedding_dim": int(matrix.shape[1]),
             "corpus": data.manifest["corpus"]["name"], "word2vec_init": init_embeddings,
-            "batch_size": train_cfg.batch_size})  # a resume at batch k of another size would skip or repeat pairs
+            "batch_size": train_cfg.batch_size,  # a resume at batch k of another size would skip or repeat pairs
+            **({"init_from": {"bundle": init_from.name, "version": init_from.version()}} if init_from else {})})
         source, resume = _resume_source(cluster, run, Path(model_dir), run.claim(resume, log), resume)
         keras.utils.set_random_seed(data.data_config.seed)
         model = (build_seq2seq(model_cfg, len(vocab), matrix) if init_embeddings else
                  build_seq2seq(model_cfg, len(vocab), embedding_dim=matrix.shape[1]))
+        if init_from is not None and not resume:
+            init_from.load_into(model)
         compile_for_training(model, train_cfg)
         cluster.prepare(model)
         replicas_in_sync = _replicas()
@@ -528,6 +546,9 @@ def _train(data, model_cfg, train_cfg, model_dir, *, selector_cfg, resume, progr
         log(f"this run has ended ({'early stop' if state.stopped_early else f'{state.epoch} epochs'}): "
             f"nothing to train" + ("" if state.stopped_early else "; pass a larger --epochs to train on"))
         return rank(state, only_missing=True)
+    if init_from is not None and cluster.chief and has_selector(init_from.path) and not has_selector(run.path):
+        link(init_from.path / SELECTOR, run.file(SELECTOR))  # its index holds the replies of the data it knows
+        log(f"reply selector: {init_from.path}'s, kept")
     wanted = (cluster.chief and selector_cfg is not None and selector_cfg.encoder != "none"
               and (selector_cfg.share or not budget))
     if wanted and not has_selector(run.path):
@@ -647,7 +668,6 @@ def add_selector(bundle_dir: Path, data_dir: Path, cfg: SelectorConfig, *, minut
     """Train a reply selector for an existing bundle (replacing any it has; `minutes` 0: its epochs), then
     choose its weight in the ranking. A run's best/ gets it through the run folder's selector/, so that
     the run's later bests carry it too."""
-    from .bundle import Bundle, link
     from .evaluation import tune_ranking
     from .retrieval import vocab_digest
     bundle_dir = Path(bundle_dir)

@@ -1,6 +1,7 @@
 """Shared fixtures: a trained tiny bundle, a real Redis server, and a real gunicorn serving the web chat."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -47,16 +48,19 @@ def redis_server(tmp_path_factory):
 class WebServer:
     """`web.serve.run` in a subprocess, exactly as `main.py --serve` runs it, on an ephemeral port."""
 
-    def __init__(self, bundle: Path, run_dir: Path, workers: int = 2, env: dict | None = None):
+    def __init__(self, bundle: Path | list[Path], run_dir: Path, workers: int = 2, env: dict | None = None,
+                 traffic: str = ""):
         self.workers, self.run_dir = workers, Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.run_dir / f"server-{time.time_ns()}.log"  # one per start: a restart keeps the last
-        code = ("import sys; from pathlib import Path; from web.serve import run; "
-                "run(Path(sys.argv[1]), '127.0.0.1', 0, int(sys.argv[2]), Path(sys.argv[3]))")
+        code = ("import json, sys; from pathlib import Path; from web.serve import run; "
+                "run([Path(p) for p in json.loads(sys.argv[1])], '127.0.0.1', 0, int(sys.argv[2]), Path(sys.argv[3]), "
+                "traffic=sys.argv[4] or None)")
+        bundles = json.dumps([str(b) for b in (bundle if isinstance(bundle, list) else [bundle])])
         environ = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
         environ.update({"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", **(env or {})})
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-c", code, str(bundle), str(workers), str(run_dir)],
+            self.process = subprocess.Popen([sys.executable, "-c", code, bundles, str(workers), str(run_dir), traffic],
                                             cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
         self.url = self._wait_ready()
 

@@ -194,3 +194,70 @@ def test_a_corpus_that_does_not_exist_is_one_line_and_exit_2(tmp_path, monkeypat
     _, err = capsys.readouterr()
     assert err.startswith("error: no such corpus file or folder: nope.txt") and err.count("\n") == 1, err
     assert not list(tmp_path.iterdir())
+
+
+def test_liked_conversations_exported_then_fine_tune_the_bundle_into_a_new_run(in_project, capsys):
+    """The live loop without a browser: conversations kept in the run folder's Redis (as --serve keeps them),
+    exported while no server runs, then a fine-tune of the bundle on them, which chats."""
+    from ergo.bundle import Bundle
+    from web.redis_server import LocalRedis
+    from web.store import ConversationStore, connect
+
+    run = in_project / "checkpoints" / "talk-tiny"
+    redis = LocalRedis(run / "web" / "redis")
+    store = ConversationStore(connect(redis.start()), cap=100, ttl=3600)
+    try:
+        for k, turns in enumerate(synthetic_conversations(12, seed=5)):
+            cid = f"conversation-{k:013d}"
+            for i in range(0, len(turns) - 1, 2):
+                store.append(cid, {"role": "user", "text": turns[i]}, {"role": "bot", "text": turns[i + 1]},
+                             bundle="talk-tiny")
+            store.vote(cid, 2, "up" if k < 10 else "down")
+    finally:
+        redis.stop()
+    assert call("--export-conversations", "liked.jsonl", "--model-dir", "checkpoints/talk-tiny", "--quiet") == 0
+    out, _ = capsys.readouterr()
+    assert "10 conversation(s)" in out and "2 without a up-vote" in out, out
+    lines = [json.loads(line) for line in (in_project / "liked.jsonl").read_text().splitlines()]
+    assert len(lines) == 10 and all(list(line) == ["turns"] and len(line["turns"]) >= 2 for line in lines)
+    assert LocalRedis.running(run / "web" / "redis") is None  # the one it started to read them is stopped
+
+    bundle = Bundle.load(run / "best")
+    assert call("--train", "--corpus", "liked.jsonl", "--init-from", "checkpoints/talk-tiny", "--epochs", "1",
+                "--quiet") == 0
+    out, err = capsys.readouterr()
+    tuned = in_project / "checkpoints" / "liked-from-talk-tiny"  # an ordinary run folder, named for both
+    assert "best model: checkpoints/liked-from-talk-tiny/best/" in out and "Traceback" not in err
+    assert json.loads((tuned / "run.json").read_text())["init_from"] == {"bundle": "talk-tiny",
+                                                                          "version": bundle.version()}
+    new = Bundle.load(tuned / "best")
+    assert new.vocab.words == bundle.vocab.words and new.model_config == bundle.model_config
+    stats = json.loads((in_project / "data" / "liked-from-talk-tiny" / "stats.json").read_text())
+    assert stats["embedding"]["source"] == f"the embeddings of checkpoints/talk-tiny/best (version {bundle.version()})"
+    assert (tuned / "best" / "selector" / "index.npz").read_bytes() == (run / "best" / "selector" / "index.npz").read_bytes()
+    import numpy as np  # it started from the bundle's weights: a step away from them, far from a fresh start
+    start, tuned_w = bundle.build_model().weights, new.build_model().weights
+    moved = np.mean([np.mean(np.abs(a.numpy() - b.numpy())) for a, b in zip(start, tuned_w)])
+    scale = np.mean([np.mean(np.abs(a.numpy())) for a in start])
+    assert 0 < moved < 0.1 * scale
+
+    assert call("--train", "--corpus", "liked.jsonl", "--init-from", "checkpoints/talk-tiny", "--hidden", "8",
+                "--quiet") == 2
+    _, err = capsys.readouterr()
+    assert err == ("error: --hidden cannot change a bundle that --init-from fine-tunes: its vocabulary, data "
+                   "settings and model shape are kept\n")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--chat", "--model-dir", "a", "--model-dir", "b"], "only --serve takes several --model-dir"),
+    (["--serve", "--model-dir", "checkpoints/talk-tiny", "--traffic", "1,1"],
+     "--traffic gives 2 share(s) for 1 bundle(s)"),
+    (["--serve", "--model-dir", "checkpoints/talk-tiny", "--model-dir", "checkpoints/talk-tiny/best"], "given twice"),
+    (["--export-conversations", "out.jsonl", "--model-dir", "nowhere"], "nowhere/ holds no conversations"),
+    (["--preprocess", "--init-from", "checkpoints/talk-tiny"], "--init-from goes with --train"),
+])
+def test_mistakes_with_bundles_side_by_side_and_the_live_loop_are_one_line(in_project, capsys, argv, message):
+    assert call(*argv, "--quiet") == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (in_project / "out.jsonl").exists()

@@ -131,7 +131,7 @@ def test_no_stack_trace_reaches_the_client(app, client, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("secret internals at /srv/ergo/model.py line 42")
 
-    monkeypatch.setattr(app.extensions["ergo"]["bot"], "reply", broken)
+    monkeypatch.setattr(app.extensions["ergo"].bundles.first.live.bot, "reply", broken)
     r = client.post("/api/chat", json={"message": "hi"})
     assert r.status_code == 500
     assert r.get_json() == {"error": "internal error; the server log has the details"}
@@ -182,3 +182,22 @@ def test_config_from_environment():
         WebConfig.from_env({"ERGO_MAX_MESSAGE_CHARS": "0"})
     with pytest.raises(ErgoError, match="ERGO_RATE_LIMIT is not a rate limit"):
         WebConfig.from_env({"ERGO_RATE_LIMIT": "lots"})
+
+
+def test_the_page_says_whether_conversations_may_be_used_for_training(client, tiny_bundle, redis_server):
+    assert "the ones you rate may be used to train the bot" in client.get("/").get_data(as_text=True)
+    off = create_app(tiny_bundle, redis_server.url, "k" * 40, WebConfig(keep_for_training=False, reload_seconds=0))
+    visitor = off.test_client()
+    assert "they are never used for training" in visitor.get("/").get_data(as_text=True)
+    assert visitor.get("/api/settings").get_json()["keep_for_training"] is False
+    cid = visitor.post("/api/chat", json={"message": "hello"}).get_json()["conversation_id"]
+    from web.store import ConversationStore, connect
+    _, meta = ConversationStore(connect(redis_server.url), cap=10, ttl=60).conversation(cid, touch=False)
+    assert meta["train"] == "0" and meta["bundle"] == "run"  # marked: --export-conversations never writes it
+
+
+def test_reload_and_keep_settings_come_from_the_environment():
+    cfg = WebConfig.from_env({"ERGO_RELOAD_SECONDS": "0", "ERGO_KEEP_FOR_TRAINING": "no"})
+    assert (cfg.reload_seconds, cfg.keep_for_training) == (0, False)
+    with pytest.raises(ErgoError, match="ERGO_RELOAD_SECONDS must be 0 or more"):
+        WebConfig.from_env({"ERGO_RELOAD_SECONDS": "-5"})

@@ -50,7 +50,9 @@ def transcript(page):
 def test_chat_reload_and_new_conversation(page, web_server, tmp_path):
     open_chat(page, web_server.url)
     assert page.title().startswith("ErGo")
+    assert "may be used to train the bot" in page.text_content("#privacy")  # ERGO_KEEP_FOR_TRAINING's default
     send(page, "hi there!", 0)
+    assert page.text_content("#model") == "run"  # the bundle answering this conversation
     page.fill("#message", "<img src=x onerror=alert(1)> what do")  # shown as text, never parsed
     page.press("#message", "Shift+Enter")  # a new line, not a send
     page.type("#message", "you like to eat?")

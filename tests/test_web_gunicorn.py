@@ -4,6 +4,7 @@ or killed under load."""
 from __future__ import annotations
 
 import json
+import re
 import stat
 import sys
 import time
@@ -79,7 +80,7 @@ def test_a_streamed_reply_comes_as_token_events_then_done_and_is_kept_once(web_s
     done = got[-1][1]
     assert kinds[-1] == "done" and set(kinds[:-1]) == {"token"}
     assert len(kinds) - 1 == len(tokenize(done["reply"], True))  # word by word (one event a word)
-    assert set(done) == {"reply", "conversation_id", "turn", "degraded"} and done["turn"] == 2
+    assert set(done) == {"reply", "conversation_id", "turn", "degraded", "bundle", "version"} and done["turn"] == 2
     assert "".join(d["text"] for _, d in got[:-1]).strip() == done["reply"]
     assert done["reply"] == chat(requests.Session(), url, "hi!", **greedy).json()["reply"]  # as /api/chat says it
     r = s.post(url + "/api/chat/stream", json={"message": "where do you live?"}, stream=True, timeout=30)
@@ -206,9 +207,11 @@ def test_ttl_is_set_and_refreshed_on_use(web_server, redis_server):
 
 def test_healthz_and_metrics(web_server):
     health = web_server.get("/healthz").json()
+    (bundle,) = health.pop("bundles")
     assert health == {"status": "ok", "model_loaded": True, "model": "run", "redis": True}
+    assert bundle["name"] == "run" and bundle["traffic"] == 1 and re.fullmatch(r"[0-9a-f]{12}", bundle["version"])
     metrics = web_server.get("/metrics").text
-    assert 'ergo_replies_total{degraded="false"}' in metrics
+    assert 'ergo_replies_total{bundle="run",degraded="false"}' in metrics
     assert "ergo_reply_seconds_bucket" in metrics
 
 
@@ -281,7 +284,7 @@ def test_redis_stopped_mid_conversation_degrades_then_recovers(web_server, redis
         health = web_server.get("/healthz").json()
         assert health["status"] == "degraded" and health["redis"] is False and health["model_loaded"] is True
         assert s.get(web_server.url + "/api/history").json() == {
-            "conversation_id": first["conversation_id"], "turns": [], "degraded": True}
+            "conversation_id": first["conversation_id"], "bundle": "run", "turns": [], "degraded": True}
         assert s.post(web_server.url + "/api/feedback", json={"turn": 2, "vote": "up"}).status_code == 503
     finally:
         redis_server.start()

@@ -9,9 +9,10 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import Sequence
 from urllib.parse import urlsplit
 
-from flask import Flask, abort, jsonify, render_template, request, send_file
+from flask import Flask, abort, jsonify, render_template, request, send_file, session
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from limits import parse_many
@@ -21,7 +22,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from ergo.errors import ErgoError
 
 from . import metrics
-from .api import api_blueprint
+from .api import Services, api
+from .bundles import Bundles, Spec, specs
 from .config import WebConfig
 from .store import ConversationStore, connect
 
@@ -62,12 +64,24 @@ def limits_storage(redis_url: str, cluster: bool = False) -> str:
     return "redis+unix://" + redis_url[len("unix://"):] if redis_url.startswith("unix://") else redis_url
 
 
-def create_app(bundle_dir: Path, redis_url: str, secret_key: str, config: WebConfig | None = None,
-               reads: str | None = None, device: str | None = None) -> Flask:
-    """Load the bundle (once per gunicorn worker) and build the app around it and the Redis at redis_url;
-    `reads`: the GET rate limit (default: read_limit()); `device`: the line naming it, for the log."""
+def load_bot(path: Path, config: WebConfig):
+    """A bundle's Chatbot as a web worker keeps it: it takes what web clients may ask, and the default
+    settings' searches are traced now, not on a visitor's time, and kept whatever other settings come and
+    go: retrieval's scoring, and generation for when retrieval finds nothing."""
     from ergo.chatbot import Chatbot  # here, not at import: the model loads in each worker, after fork
 
+    bot = Chatbot.load(Path(path), xla=config.xla, web=True)
+    bot.reply(["hello"])
+    bot.reply(["hello"], mode="generate")
+    bot.decoder.pin()
+    return bot
+
+
+def create_app(bundles: Sequence[Spec] | Path, redis_url: str, secret_key: str, config: WebConfig | None = None,
+               reads: str | None = None, device: str | None = None) -> Flask:
+    """Load the bundles (once per gunicorn worker; a bundle folder alone is served as the only one) and build
+    the app around them and the Redis at redis_url; `reads`: the GET rate limit (default: read_limit());
+    `device`: the line naming it, for the log."""
     started = time.perf_counter()
     config = config or WebConfig()
     reads = reads or read_limit()
@@ -81,14 +95,11 @@ def create_app(bundle_dir: Path, redis_url: str, secret_key: str, config: WebCon
         n = config.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
 
-    bot = Chatbot.load(Path(bundle_dir), xla=config.xla, web=True)
+    served = Bundles(specs([bundles]) if isinstance(bundles, (str, Path)) else bundles,
+                     lambda path: load_bot(path, config))
     gc.collect()
-    gc.freeze()  # the model and its libraries stay for good: collections skip them (a dropped search calls one)
-    # Trace the default settings' searches now, not on the first visitor's time, and keep them whatever
-    # other settings come and go: retrieval's scoring, and generation for when retrieval finds nothing.
-    bot.reply(["hello"])
-    bot.reply(["hello"], mode="generate")
-    bot.decoder.pin()
+    gc.freeze()  # the models and their libraries stay (until a swap): collections skip them (a dropped search calls one)
+    served.watch(config.reload_seconds)
     store = ConversationStore(connect(redis_url, config.redis_cluster), config.history_cap, config.history_ttl,
                               config.history_ttl_first)
     limiter = Limiter(get_remote_address, app=app, storage_uri=limits_storage(redis_url, config.redis_cluster),
@@ -97,18 +108,23 @@ def create_app(bundle_dir: Path, redis_url: str, secret_key: str, config: WebCon
                       strategy="moving-window", headers_enabled=True,
                       application_limits=[reads], application_limits_exempt_when=lambda: request.method not in READS,
                       in_memory_fallback_enabled=True, swallow_errors=True)
-    app.register_blueprint(api_blueprint(bot, store, config, limiter.shared_limit(config.rate_limit, "writes")))
-    app.extensions["ergo"] = {"bot": bot, "store": store, "config": config}
+    limiter.shared_limit(config.rate_limit, "writes", methods=["POST"])(api)  # every write counts alike
+    app.register_blueprint(api)
+    app.extensions["ergo"] = Services(served, store, config)
 
     @app.get("/")
     def index():
-        return render_template("index.html", bot_name=bot.name, max_chars=config.max_message_chars)
+        # the bundle answering this visitor's conversation, where it has one yet (or where there is one only)
+        mine = served.get(session.get("bundle")) or (served.first if len(served.served) == 1 else None)
+        return render_template("index.html", bot_name=mine.name if mine else "", max_chars=config.max_message_chars,
+                               keep_for_training=config.keep_for_training)
 
     @app.get("/healthz")
     @limiter.exempt
     def healthz():
         redis_ok = store.ping()
-        return jsonify(status="ok" if redis_ok else "degraded", model_loaded=True, model=bot.name, redis=redis_ok)
+        return jsonify(status="ok" if redis_ok else "degraded", model_loaded=True, model=served.first.name,
+                       redis=redis_ok, bundles=[s.describe() for s in served])
 
     @app.get("/metrics")
     @limiter.exempt
@@ -152,7 +168,8 @@ def create_app(bundle_dir: Path, redis_url: str, secret_key: str, config: WebCon
         log.exception("unhandled error on %s %s", request.method, request.path)
         return jsonify(error="internal error; the server log has the details"), 500
 
-    log.info("worker ready: model %s loaded in %.1f s%s; Redis %s", bot.name, time.perf_counter() - started,
+    log.info("worker ready: %s loaded in %.1f s%s; Redis %s",
+             ", ".join(f"bundle {s.name} (version {s.live.version})" for s in served), time.perf_counter() - started,
              f" ({device})" if device else "",
              "reachable" if store.ping() else "unreachable (replying without context until it is back)")
     return app

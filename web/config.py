@@ -17,6 +17,7 @@ from limits import parse_many
 from ergo.errors import ErgoError
 
 ENV_PREFIX = "ERGO_"
+ZERO_ALLOWED = ("trusted_proxies", "reload_seconds")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,12 @@ class WebConfig:
     # inputs would stall the reply that meets it for a compile of 1-3 s and add to the worker's memory
     # (~130 MB at base).
     xla: bool = False
+    # ERGO_RELOAD_SECONDS: how often a worker looks whether a bundle's folder was replaced (training's new
+    # best/), to load it and swap it in between requests; 0: never
+    reload_seconds: int = 5
+    # ERGO_KEEP_FOR_TRAINING: whether conversations held now may be exported for training (main.py
+    # --export-conversations); off, they are still kept for their context, and marked never to be exported
+    keep_for_training: bool = True
 
     @classmethod
     def from_env(cls, env=os.environ) -> WebConfig:
@@ -64,8 +71,9 @@ class WebConfig:
                     values[f.name] = int(raw)
                 except ValueError:
                     raise ErgoError(f"{name} must be a whole number, not {raw!r}") from None
-                if values[f.name] < (0 if f.name == "trusted_proxies" else 1):
-                    raise ErgoError(f"{name} must be positive, not {raw!r}")
+                if values[f.name] < (0 if f.name in ZERO_ALLOWED else 1):
+                    raise ErgoError(f"{name} must be {'0 or more' if f.name in ZERO_ALLOWED else 'positive'}, "
+                                    f"not {raw!r}")
         if values.get("redis_cluster") and not env.get("REDIS_URL", "").strip():
             raise ErgoError("ERGO_REDIS_CLUSTER is set but REDIS_URL is not: set it to a node of the cluster "
                             "(the embedded Redis is a single server)")

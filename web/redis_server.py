@@ -77,21 +77,31 @@ class LocalRedis:
     def pidfile(self) -> Path:
         return self.data_dir / "redis.pid"
 
-    def _stop_leftover(self) -> None:
-        """Stop a redis-server of ours still running on this data (its server was killed with SIGKILL)."""
+    @staticmethod
+    def running(data_dir: Path) -> tuple[int, Path] | None:
+        """(pid, socket folder) of a redis-server of ours running on this data now (its server's, or one a
+        server killed with SIGKILL left), else None."""
         try:
-            pid = int(self.pidfile.read_text())
+            pid = int((Path(data_dir) / "redis.pid").read_text())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
-            return
+            return None
         socket_dir = re.search(rb"(/\S*/ergo-redis-[^/\s]+)/", cmdline)
         if b"redis-server" in cmdline and socket_dir and alive(pid):
-            print(f"stopping redis-server {pid}, left running on {self.data_dir} by an earlier server", flush=True)
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            shutil.rmtree(os.fsdecode(socket_dir.group(1)), ignore_errors=True)
+            return pid, Path(os.fsdecode(socket_dir.group(1)))
+        return None
+
+    def _stop_leftover(self) -> None:
+        """Stop a redis-server of ours still running on this data (its server was killed with SIGKILL)."""
+        if (found := self.running(self.data_dir)) is None:
+            return
+        pid, socket_dir = found
+        print(f"stopping redis-server {pid}, left running on {self.data_dir} by an earlier server", flush=True)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
     def start(self, timeout: float = START_SECONDS) -> str:
         """Start redis-server and wait until it answers (it may first load a big append-only file)."""

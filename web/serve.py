@@ -16,12 +16,13 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 from gunicorn.app.base import BaseApplication
 
-from ergo.bundle import Bundle
 from ergo.errors import ErgoError
 
+from .bundles import specs
 from .config import WebConfig, private_dir, secret_key
 from .redis_server import LocalRedis
 from .store import ERRORS, ConversationStore, StoreUnavailable, connect
@@ -84,21 +85,23 @@ def _migrate(redis_url: str, config: WebConfig) -> None:
         store.client.close()
 
 
-def run(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 2,
-        run_dir: Path | None = None) -> None:
+def run(bundles: Sequence[Path] | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 2,
+        run_dir: Path | None = None, traffic: str | None = None) -> None:
     """Serve the chat page and API at http://host:port/ until Ctrl-C or SIGTERM.
 
-    bundle_dir: a trained bundle (e.g. checkpoints/chitchat-quick/best). run_dir: where the server keeps
-    its state when nothing else is given, in run_dir/web/ (only this user may open it): the cookie-signing
-    key (unless ERGO_SECRET_KEY) and the Redis data (unless REDIS_URL); default: the bundle's run folder. A
-    bad bundle or setting is an ErgoError before anything starts. Port 0 picks a free port; the address is
-    printed either way.
+    bundles: one trained bundle (e.g. checkpoints/chitchat-quick/best) or several, served side by side,
+    each new conversation going to one of them by the shares of `traffic` ("50,50"; default: equal; see
+    web/bundles.py). run_dir: where the server keeps its state when nothing else is given, in run_dir/web/
+    (only this user may open it): the cookie-signing key (unless ERGO_SECRET_KEY) and the Redis data (unless
+    REDIS_URL); default: the first bundle's run folder. A bad bundle or setting is an ErgoError before
+    anything starts. Port 0 picks a free port; the address is printed either way.
     """
-    bundle_dir = Path(bundle_dir).resolve()
-    Bundle.load(bundle_dir)  # refuse a bad bundle here, in one line, not in every worker's traceback
+    served = specs([bundles] if isinstance(bundles, (str, Path)) else bundles, traffic)  # one line, not a
+    # traceback in every worker, for a bad one
     if workers < 1:
         raise ErgoError(f"--workers must be at least 1, not {workers}")
-    run_dir = Path(run_dir or (bundle_dir.parent if bundle_dir.name == "best" else bundle_dir))
+    first = served[0].path
+    run_dir = Path(run_dir or (first.parent if first.name == "best" else first))
     config = WebConfig.from_env()
     state = private_dir(run_dir / "web")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides the address
@@ -125,12 +128,14 @@ def run(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: in
             device = start_tensorflow()
             from .app import create_app
             with without_notes():  # the model's first graphs add one more note (ergo/quiet.py)
-                return create_app(bundle_dir, redis_url, key, config, device=device)
+                return create_app(served, redis_url, key, config, device=device)
+
+        names = ", ".join(f"{s.name} from {s.path}" + (f" ({s.share:.0%} of new conversations)" if len(served) > 1
+                                                        else "") for s in served)
 
         def ready(server):
             for listener in server.LISTENERS:
-                print(f"ErGo chat at {listener}/ (model {bundle_dir}, {workers} worker(s)); Ctrl-C stops it",
-                      flush=True)
+                print(f"ErGo chat at {listener}/ ({names}; {workers} worker(s)); Ctrl-C stops it", flush=True)
 
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         options = {"bind": bind, "workers": workers, "worker_class": "gthread", "threads": 4,

@@ -2,10 +2,15 @@
 
 Per conversation id (hash-tagged: a Redis Cluster keeps one conversation's keys in one slot, so its scripts
 may touch all three):
-    ergo:conv:{<id>}:turns     list of JSON turns, oldest first, capped at `cap` (the oldest dropped)
-    ergo:conv:{<id>}:meta      hash: n = number of the last turn (numbering survives the cap)
+    ergo:conv:{<id>}:turns     list of JSON turns, oldest first, capped at `cap` (the oldest dropped); a bot
+                               turn names the bundle (and its version) that gave it
+    ergo:conv:{<id>}:meta      hash: n = number of the last turn (numbering survives the cap); bundle = the
+                               bundle answering it; train = 0 when it may not be exported for training
     ergo:conv:{<id>}:feedback  hash: turn number -> JSON {vote, text, time}
 Versions before the tags named them ergo:conv:<id>:turns, ...: migrate() renames those once.
+Per bundle name, counted as turns and votes are kept (in a slot of its own on a cluster, so after the
+conversation's script, not in it):
+    ergo:stats:<bundle>        hash: conversations, turns, up, down
 
 Every read and write is one Lua script, so turns from two tabs or two workers land whole, never lost or
 torn. Each refreshes the TTL of all three keys: `ttl` once the conversation has a second exchange,
@@ -31,6 +36,8 @@ from redis.retry import Retry
 from .config import WebConfig
 
 PREFIX = "ergo:conv:"
+STATS = "ergo:stats:"
+COUNTS = ("conversations", "turns", "up", "down")
 HEALTH_KEY = "ergo:health"  # never made: ping() writes it only if it exists
 PARTS = ("turns", "meta", "feedback")
 OLD_KEYS = PREFIX + "[^{]*"  # the names before the hash tags (an id never holds a brace: api.CID)
@@ -46,47 +53,64 @@ local function refresh(read)
 end
 """
 
-# ARGV[3]: the first turn to read (0, or -k for the last k); ARGV[4]: '1' to read the votes too.
+# ARGV[3]: the first turn to read (0, or -k for the last k); ARGV[4]: '1' to read the votes too; ARGV[5]: '1' to
+# refresh the TTL as a use does ('0': an export reads without prolonging anything).
 _READ = _REFRESH + """
 local turns = redis.call('LRANGE', KEYS[1], ARGV[3], -1)
 local feedback = ARGV[4] == '1' and redis.call('HGETALL', KEYS[3]) or {}
-refresh(true)
-return {turns, feedback}
+if ARGV[5] == '1' then refresh(true) end
+return {turns, feedback, redis.call('HGETALL', KEYS[2])}
 """
 
-# ARGV[3]: cap, then the turns as JSON objects without "n". Returns the number of the last one.
+# ARGV[3]: cap, ARGV[4]: the bundle answering ('' none), ARGV[5]: '0' when the conversation may not be exported
+# for training (sticky: a conversation once kept out stays out), then the turns as JSON objects without "n".
+# Returns the number of the last one.
 _APPEND = _REFRESH + """
-local k = #ARGV - 3
+local k = #ARGV - 5
 local last = redis.call('HINCRBY', KEYS[2], 'n', k)
-for i = 4, #ARGV do
-  redis.call('RPUSH', KEYS[1], '{"n":' .. (last - k + i - 3) .. ',' .. string.sub(ARGV[i], 2))
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'bundle', ARGV[4]) end
+if ARGV[5] == '0' then redis.call('HSET', KEYS[2], 'train', '0') end
+for i = 6, #ARGV do
+  redis.call('RPUSH', KEYS[1], '{"n":' .. (last - k + i - 5) .. ',' .. string.sub(ARGV[i], 2))
 end
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
 refresh()
 return last
 """
 
-# ARGV[3]: n, ARGV[4]: turn JSON without "n". Replaces the last turn if it is n.
-_REPLACE_LAST = _REFRESH + """
+# The vote a bot turn had ('' none) and the bundle that gave it ('' unknown): what the counts move by.
+_VOTED = """
+local function voted(n, raw)
+  local old = redis.call('HGET', KEYS[3], n)
+  return {1, old and cjson.decode(old)['vote'] or '', cjson.decode(raw)['bundle'] or ''}
+end
+"""
+
+# ARGV[3]: n, ARGV[4]: turn JSON without "n". Replaces the last turn if it is n (its vote goes): {1, the vote it
+# had, its bundle}, or {0}.
+_REPLACE_LAST = _REFRESH + _VOTED + """
 local last = redis.call('LINDEX', KEYS[1], -1)
-if not last or cjson.decode(last)['n'] ~= tonumber(ARGV[3]) then return 0 end
+if not last or cjson.decode(last)['n'] ~= tonumber(ARGV[3]) then return {0} end
+local before = voted(ARGV[3], last)
 redis.call('LSET', KEYS[1], -1, '{"n":' .. ARGV[3] .. ',' .. string.sub(ARGV[4], 2))
 redis.call('HDEL', KEYS[3], ARGV[3])
 refresh()
-return 1
+return before
 """
 
-# ARGV[3]: n, ARGV[4]: vote, ARGV[5]: time. Records a vote on bot turn n if it is kept.
-_VOTE = _REFRESH + """
+# ARGV[3]: n, ARGV[4]: vote, ARGV[5]: time. Records a vote on bot turn n if it is kept: {1, the vote it had,
+# its bundle}, or {0}.
+_VOTE = _REFRESH + _VOTED + """
 for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   local turn = cjson.decode(raw)
   if turn['n'] == tonumber(ARGV[3]) and turn['role'] == 'bot' then
+    local before = voted(ARGV[3], raw)
     redis.call('HSET', KEYS[3], ARGV[3], cjson.encode({vote = ARGV[4], text = turn['text'], time = tonumber(ARGV[5])}))
     refresh()
-    return 1
+    return before
   end
 end
-return 0
+return {0}
 """
 
 # KEYS: a conversation's old turns, meta, feedback, then its new ones. Renames the old keys (RENAME keeps the
@@ -205,32 +229,64 @@ class ConversationStore:
         migrate = self.client.register_script(_MIGRATE)
         return sum(migrate(keys=[*(f"{PREFIX}{cid}:{part}" for part in PARTS), *self.keys(cid)]) for cid in old)
 
-    @_unavailable
     def turns(self, cid: str, votes: bool = False, last: int = 0) -> list[dict]:
         """The kept turns, oldest first ({n, role, text, time, ...}), or only the `last` ones (a reply's
         context needs a few); with votes, each bot turn's vote."""
-        raw, feedback = self._read(keys=self.keys(cid), args=[*self.ttls, -last if last else 0, int(votes)])
+        return self.conversation(cid, votes, last)[0]
+
+    @_unavailable
+    def conversation(self, cid: str, votes: bool = False, last: int = 0, touch: bool = True) -> tuple[list[dict], dict]:
+        """(turns, as `turns` gives them; the meta hash: n, bundle, train). `touch`: refresh the TTL as a use
+        does (False: read it as it is, as an export does)."""
+        raw, feedback, meta = self._read(keys=self.keys(cid), args=[*self.ttls, -last if last else 0, int(votes),
+                                                                     int(touch)])
         turns = [json.loads(t) for t in raw]
         if votes:
             feedback = dict(zip(feedback[::2], feedback[1::2]))
             for t in turns:
                 if str(t["n"]) in feedback:
                     t["vote"] = json.loads(feedback[str(t["n"])])["vote"]
-        return turns
+        return turns, dict(zip(meta[::2], meta[1::2]))
 
     @_unavailable
-    def append(self, cid: str, *turns: dict) -> int:
-        """Append turns atomically; returns the number of the last one."""
+    def append(self, cid: str, *turns: dict, bundle: str = "", keep: bool = True) -> int:
+        """Append turns atomically; returns the number of the last one. `bundle`: the bundle answering the
+        conversation, whose counts go up; `keep` False: the conversation may never be exported for training."""
         entries = [json.dumps({**t, "time": round(time.time(), 3)}) for t in turns]
-        return int(self._append(keys=self.keys(cid), args=[*self.ttls, self.cap, *entries]))
+        last = int(self._append(keys=self.keys(cid), args=[*self.ttls, self.cap, bundle, int(keep), *entries]))
+        if bundle:
+            self._count(bundle, turns=len(turns), conversations=int(last == len(turns)))
+        return last
 
     @_unavailable
     def replace_last(self, cid: str, n: int, turn: dict) -> bool:
         """Replace turn n with `turn` if n is still the last turn (for regenerate); its vote is cleared."""
         entry = json.dumps({**turn, "time": round(time.time(), 3)})
-        return bool(self._replace_last(keys=self.keys(cid), args=[*self.ttls, n, entry]))
+        found, *before = self._replace_last(keys=self.keys(cid), args=[*self.ttls, n, entry])
+        if found and before[0] and before[1]:
+            self._count(before[1], **{before[0]: -1})
+        return bool(found)
 
     @_unavailable
     def vote(self, cid: str, n: int, vote: str) -> bool:
         """Record a vote on bot turn n; False when the conversation keeps no such bot turn."""
-        return bool(self._vote(keys=self.keys(cid), args=[*self.ttls, n, vote, round(time.time(), 3)]))
+        found, *before = self._vote(keys=self.keys(cid), args=[*self.ttls, n, vote, round(time.time(), 3)])
+        if found and before[1] and before[0] != vote:
+            self._count(before[1], **{vote: 1, **({before[0]: -1} if before[0] else {})})
+        return bool(found)
+
+    def _count(self, bundle: str, **by: int) -> None:
+        """Move a bundle's counts (one round trip: one fsync for all of them)."""
+        pipe = self.client.pipeline(transaction=False)
+        for name, k in by.items():
+            if k:
+                pipe.hincrby(STATS + bundle, name, k)
+        pipe.execute()
+
+    @_unavailable
+    def stats(self, bundles: list[str]) -> dict[str, dict[str, int]]:
+        """Each bundle's counts: conversations (with an exchange kept), turns kept, up and down votes."""
+        pipe = self.client.pipeline(transaction=False)
+        for name in bundles:
+            pipe.hmget(STATS + name, COUNTS)
+        return {name: {k: int(v or 0) for k, v in zip(COUNTS, values)} for name, values in zip(bundles, pipe.execute())}

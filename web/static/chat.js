@@ -172,6 +172,11 @@ async function withBusy(work) {
   }
 }
 
+// The bundle answering this conversation (several may be served side by side), as the server names it.
+function showBundle(data) {
+  if (data.bundle) $("model").textContent = data.bundle;
+}
+
 function degradedNotice(data) {
   if (data.degraded) say("The conversation store is unreachable: this reply did not see the earlier turns.");
 }
@@ -191,6 +196,7 @@ async function send() {
     });
     if (row) row.remove();  // the final reply, with its turn and thumbs (the safety filter may change words)
     addMessage("bot", data.reply, data.turn);
+    showBundle(data);
     degradedNotice(data);
   });
 }
@@ -230,6 +236,7 @@ async function newConversation() {
 async function restore() {
   const data = await api("/api/history");
   for (const t of data.turns) addMessage(t.role, t.text, t.turn, t.vote);
+  showBundle(data);
   if (data.degraded) say("The conversation store is unreachable: earlier turns cannot be shown right now.");
 }
 
