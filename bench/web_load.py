@@ -30,15 +30,19 @@ MESSAGES = ["hi!", "how are you?", "what do you like to eat?", "where do you liv
             "what are you doing this weekend?", "tell me about your family.", "thanks, bye!"]
 
 
-def start_server(bundle: Path, workers: int, run_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(bundle: Path | list[Path], workers: int, run_dir: Path, traffic: str = "",
+                 env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`web.serve.run` as `main.py --serve` runs it, on one bundle or several side by side; (process, host:port)."""
     log_path = run_dir / "server.log"
-    code = ("import sys; from pathlib import Path; from web.serve import run; "
-            "run(Path(sys.argv[1]), '127.0.0.1', 0, int(sys.argv[2]), Path(sys.argv[3]))")
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env.update(ERGO_RATE_LIMIT="1000000 per minute", TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    code = ("import json, sys; from pathlib import Path; from web.serve import run; "
+            "run([Path(p) for p in json.loads(sys.argv[1])], '127.0.0.1', 0, int(sys.argv[2]), Path(sys.argv[3]), "
+            "traffic=sys.argv[4] or None)")
+    bundles = json.dumps([str(b) for b in (bundle if isinstance(bundle, list) else [bundle])])
+    environ = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    environ.update(ERGO_RATE_LIMIT="1000000 per minute", TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", **(env or {}))
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-c", code, str(bundle), str(workers), str(run_dir)],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-c", code, bundles, str(workers), str(run_dir), traffic],
+                                cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         text = log_path.read_text(errors="replace")

@@ -57,6 +57,8 @@ SEARCHES = 8
 # on top of its steps, so one a word lost a third of the web's throughput (docs/BENCHMARKS.md).
 STREAM_STEPS = 4
 _MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; None elsewhere
+
+
 @dataclass
 class Candidate:
     ids: list[int]      # reply ids, without <eos>
@@ -81,15 +83,14 @@ def _compile(fn, signature, jit: bool = False):
     return fn
 
 
-def _release() -> None:
-    """Give a dropped search's memory back to the system: its graph sits in reference cycles that only a
-    collection frees (quick where what was loaded before is frozen, gc.freeze, as the web app does), and
-    glibc keeps freed pages for reuse until trimmed (docs/RELIABILITY.md measures both)."""
+def release() -> None:
+    """Give what was dropped (a compiled search, a bot the web swapped out) back to the system: a graph sits in
+    reference cycles that only a collection frees (quick where what was loaded before is frozen, gc.freeze,
+    as the web app does), and glibc keeps freed pages for reuse until trimmed (docs/RELIABILITY.md measures
+    both)."""
     gc.collect()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
-
-
 
 
 def _round_context(context: np.ndarray) -> np.ndarray:
@@ -293,7 +294,7 @@ class Decoder:
         cache[key] = fn  # now the most recently used
         if len(cache) > self.max_searches:
             cache.popitem(last=False)
-            _release()
+            release()
         return fn
 
     # -- the model's side of a search ------------------------------------------------------------

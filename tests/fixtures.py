@@ -105,21 +105,3 @@ def write_text_corpus(path: Path, conversations: list[list[str]]) -> Path:
     Path(path).write_text("\n\n".join("\n".join(c) for c in conversations) + "\n", encoding="utf-8")
     return Path(path)
 
-
-def new_version(bundle: Path, target: Path, seed: int = 1) -> str:
-    """Write at `target` (a run's best/, replaced the way training replaces it) a copy of `bundle` whose
-    weights are nudged by seeded noise: a new version of it. Returns that version."""
-    import numpy as np
-
-    from ergo.bundle import Bundle, save_bundle
-
-    source = Bundle.load(bundle)
-    model = source.build_model()
-    rng = np.random.default_rng(seed)
-    for w in model.weights:
-        value = np.asarray(w.numpy())
-        w.assign(value + rng.normal(0, 0.01, value.shape).astype(value.dtype))
-    own = {"config.json", "vocab.json", "model.weights.h5", "card.json", "card.md"}
-    save_bundle(target, model, source.data_config, source.model_config, source.vocab, source.card,
-                carry=[p for p in sorted(Path(bundle).iterdir()) if p.name not in own])
-    return Bundle.load(target).version()

@@ -17,11 +17,11 @@ import requests
 from conftest import ROOT, WebServer
 from ergo.chatbot import Chatbot
 from ergo.errors import ErgoError
-from fixtures import new_version
 from web.bundles import Bundles, parse_traffic, specs
 
 sys.path.insert(0, str(ROOT / "bench"))
-from web_faults import Chatters, after, lost_turns, probe  # noqa: E402
+from live_loop import new_version, versions  # noqa: E402
+from web_faults import Chatters, after, lost_turns  # noqa: E402
 
 
 LOAD = functools.partial(Chatbot.load, xla=False)
@@ -127,24 +127,14 @@ def test_each_conversation_keeps_its_bundle_and_the_split_follows_the_traffic(tw
     assert f'ergo_conversations_total{{bundle="{first[0]}"}} {float(split[first[0]])}' in metrics
 
 
-def versions(address: str, tries: int = 40) -> dict[str, str]:
-    """Each worker's version of alpha, from /healthz on new connections (a probe lands on either)."""
-    seen = {}
-    for _ in range(tries):
-        found = probe(address)
-        if found and found[0] == 200:
-            seen[found[2]] = next(b["version"] for b in found[1]["bundles"] if b["name"] == "alpha")
-    return seen
-
-
 def test_a_new_best_reaches_every_worker_under_load_and_a_broken_one_is_refused(two_bundles, runs):
     address, best = two_bundles.url.split("//", 1)[1], runs / "alpha" / "best"
-    before = versions(address)
+    before = versions(address, "alpha")
     assert len(before) == 2 and len(set(before.values())) == 1
     with Chatters(address, 2, seconds=120, most=900) as chatters:  # within the cap of 2,000 turns
         assert chatters.wait_for(4, timeout=30)
         version = new_version(best, best, seed=7)
-        took = after(lambda: set(versions(address, 10).values()) == {version}, timeout=30)
+        took = after(lambda: set(versions(address, "alpha", 10).values()) == {version}, timeout=30)
         assert took is not None, two_bundles.log()[-3000:]
         assert chatters.wait_for(chatters.turns + 4, timeout=30)
         (best / "model.weights.h5").unlink()  # broken in place: refused, the old one kept
@@ -153,5 +143,5 @@ def test_a_new_best_reaches_every_worker_under_load_and_a_broken_one_is_refused(
     print(f"new version on every worker {took:.1f} s after best/ was replaced")
     assert set(chatters.outcomes) == {"ok"}, chatters.outcomes  # no failed request, none degraded
     assert lost_turns(address, chatters) == 0
-    assert set(versions(address).values()) == {version}
+    assert set(versions(address, "alpha").values()) == {version}
     assert two_bundles.log().count(f"version {version} swapped in") == 2  # once in each worker

@@ -221,6 +221,9 @@ def test_the_web_chat_served_by_gunicorn_keeps_conversations_in_the_cluster(clus
         assert cid in set(ConversationStore(client, cap=10, ttl=300).ids())
         assert any(client.scan_iter("ergo:limits:*"))  # the rate limiter counts in the cluster too
         assert server.get("/healthz").json()["redis"] is True
+        assert s.post(server.url + "/api/feedback", json={"turn": 2, "vote": "up"}, timeout=30).status_code == 200
+        (stats,) = server.get("/api/stats").json()["bundles"]  # counted in a slot of their own
+        assert (stats["conversations"], stats["turns"], stats["votes"]) == (1, 4, {"up": 1, "down": 0})
     finally:
         log = server.stop()
     assert "Redis reachable" in log and "in-memory" not in log

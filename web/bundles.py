@@ -91,6 +91,12 @@ def signature(path: Path) -> tuple | None:
         return None
 
 
+def _no_retracing_note(record: logging.LogRecord) -> bool:
+    """TensorFlow warns when a method's tf.function has traced 5 times, counting every instance: the bots
+    a worker swaps in are new instances, each tracing once, as they should."""
+    return "triggered tf.function retracing" not in record.getMessage()
+
+
 class Live(NamedTuple):
     """A bundle's bot and its version (a digest of its weights), swapped as one: a request reads both at once."""
 
@@ -175,6 +181,8 @@ class Bundles:
         if now is None or now in (served.signature, served.refused):
             return False
         started = time.perf_counter()
+        tensorflow = logging.getLogger("tensorflow")
+        tensorflow.addFilter(_no_retracing_note)
         try:
             bot = self._load(served.spec.path)
             live = Live(bot, bot.bundle.version())
@@ -186,6 +194,8 @@ class Bundles:
             log.error("bundle %s: the new files in %s are refused, version %s stays: %s",
                       served.name, served.spec.path, served.live.version, reason)
             return False
+        finally:
+            tensorflow.removeFilter(_no_retracing_note)
         old = served.live.version
         served.live, served.signature, served.refused, served.loaded_at = live, now, None, time.time()
         log.warning("bundle %s: version %s swapped in for %s (loaded and warmed in %.1f s)", served.name,
@@ -195,8 +205,10 @@ class Bundles:
 
     def _forget(self) -> None:
         """Let the replaced bot's memory go: the app froze what it loaded first (gc.freeze, so collections
-        skip it), and a frozen object is never collected. The first swap unfreezes; the collector frees
-        the old bot once the requests that still hold it are done."""
+        skip it), and a frozen object is never collected, so the first swap unfreezes it. A request that
+        still holds the old bot keeps it until it is done; the next collection frees it then."""
+        from ergo.decoding import release  # keras: here, not in the master process that checks the bundles
         if self._frozen:
             gc.unfreeze()
             self._frozen = False
+        release()
