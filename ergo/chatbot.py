@@ -28,6 +28,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .choices import DECODERS, MODES, described
+from .config import env_flag
 from .dataset import context_window
 from .errors import ErgoError
 from .ranking import combine, selector_weight
@@ -152,12 +153,13 @@ class Ranked:
 
 class Chatbot:
     def __init__(self, bundle: Bundle, blocklist: Path | None = None, shortlist: int | None = None,
-                 xla: bool = True, web: bool = False):
+                 xla: bool | None = None, web: bool = False):
         """`blocklist`: the safety filter's file (default: the bundle's blocklist.txt, else ergo's own);
         `shortlist` and `xla`: see `Decoder` and `row_products` (default: shortlist large vocabularies
-        only; XLA on); `web`: replies take only the settings a web client may ask (check_settings), and the
-        decoder keeps WEB_SEARCHES compiled searches."""
+        only; XLA as ERGO_XLA says, on where it is not set); `web`: replies take only the settings a web
+        client may ask (check_settings), and the decoder keeps WEB_SEARCHES compiled searches."""
         from .decoding import SEARCHES, Decoder
+        xla = env_flag("ERGO_XLA", True) if xla is None else xla
         self.bundle = bundle
         self.web = web
         self.vocab = bundle.vocab
@@ -174,7 +176,7 @@ class Chatbot:
 
     @classmethod
     def load(cls, path: Path, blocklist: Path | None = None, shortlist: int | None = None,
-             xla: bool = True, web: bool = False) -> "Chatbot":
+             xla: bool | None = None, web: bool = False) -> "Chatbot":
         return cls(Bundle.load(path), blocklist, shortlist, xla, web)
 
     @property

@@ -6,9 +6,22 @@ command line. Keeping them in one catalogue (as OpenNMT-tf does) beats a pile of
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 from .errors import ErgoError
+
+TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def env_flag(name: str, default: bool, env=os.environ) -> bool:
+    """A true/false setting from the environment (1/true/yes or 0/false/no); unset or empty: `default`."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in TRUE + FALSE:
+        raise ErgoError(f"{name} must be true or false, not {raw!r}")
+    return raw in TRUE
 
 
 @dataclass(frozen=True)

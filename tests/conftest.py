@@ -16,6 +16,10 @@ import requests
 from fixtures import synthetic_conversations, write_text_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
+# Chatbots (and the commands the tests run) without XLA unless a test asks for it (reply_bundle.shared_bot, the
+# decoding tests): a test traces many shapes once each, and XLA's compile of each cost more than it saved (an
+# evaluation report: 21 s with it, 7 s without).
+os.environ.setdefault("ERGO_XLA", "0")
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,12 @@ def bot(tiny_bundle, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def xla(bot):
+    """The bot's searches compiled with XLA, as the terminal chat runs them (the tests' bots run without it)."""
+    return Decoder(bot.model, banned=bot.decoder.banned, xla=True)
+
+
+@pytest.fixture(scope="module")
 def rigged():
     """A random small model whose output bias the tests set so that the favoured tokens win by far;
     one Decoder for all of them, so each search shape is traced once (the bias is read at run time)."""
@@ -43,8 +49,8 @@ def ngrams(ids, n):
     return [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
 
 
-def test_searches_are_deterministic_and_their_scores_are_exact(bot):
-    d = bot.decoder
+def test_searches_are_deterministic_and_their_scores_are_exact(xla):
+    d = xla
     for ctx in CONTEXTS:
         ctx = np.array(ctx, np.int32)
         nbest = d.beam(ctx, beam_size=4, max_len=8, length_penalty=1.0)
@@ -58,8 +64,8 @@ def test_searches_are_deterministic_and_their_scores_are_exact(bot):
         np.testing.assert_allclose([c.logp for c in found], exact, rtol=1e-4, atol=1e-4)
 
 
-def test_sampling_is_seeded_and_top_k_1_is_greedy(bot):
-    d, ctx = bot.decoder, np.array(CONTEXTS[1], np.int32)
+def test_sampling_is_seeded_and_top_k_1_is_greedy(xla):
+    d, ctx = xla, np.array(CONTEXTS[1], np.int32)
     draw = dict(samples=6, max_len=10, temperature=1.5, top_k=0, top_p=1.0)
     first = d.sample(ctx, seed=3, **draw)
     assert first == d.sample(ctx, seed=3, **draw)
@@ -71,10 +77,10 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(bot):
     assert [c.ids for c in argmax] == [d.greedy(ctx, max_len=10)[0].ids] * 2
 
 
-def test_one_call_also_scores_other_replies_and_the_anti_lm_exactly(bot):
+def test_one_call_also_scores_other_replies_and_the_anti_lm_exactly(bot, xla):
     ctx = np.array(CONTEXTS[1], np.int32)
     others = [Candidate([5, 6, 7], 0.0, True), Candidate([9, 10, 11, 12], 0.0, False), Candidate([13], 0.0, True)]
-    for d in (bot.decoder, Decoder(bot.model, xla=False)):  # teacher-forced all at once, and by steps
+    for d in (xla, Decoder(bot.model, xla=False)):  # teacher-forced all at once, and by steps
         plain = d.beam(ctx, beam_size=3, max_len=8)
         for found in (d.beam(ctx, beam_size=3, max_len=8, anti_lm=True, also=others),
                       d.sample(ctx, samples=2, max_len=8, anti_lm=True, also=others, seed=1)):
@@ -172,8 +178,8 @@ def test_decode_features_are_decode_step_before_its_output_projection(bot):
     np.testing.assert_allclose(ops.convert_to_numpy(same[-1][0]), ops.convert_to_numpy(new[-1][0]))
 
 
-def test_a_shortlisted_search_uses_only_its_words_and_scores_over_them(bot):
-    full, short = bot.decoder, Decoder(bot.model, shortlist=12)
+def test_a_shortlisted_search_uses_only_its_words_and_scores_over_them(bot, xla):
+    full, short = xla, Decoder(bot.model, shortlist=12)
     ctx = np.array(CONTEXTS[1], np.int32)
     assert full.shortlist.of(ctx) is None and Decoder(bot.model, shortlist=10**6).shortlist.of(ctx) is None
     ids = short.shortlist.of(ctx, [40, 41])
@@ -193,8 +199,8 @@ def test_a_shortlisted_search_uses_only_its_words_and_scores_over_them(bot):
     assert short.beam(ctx, beam_size=3, max_len=8, shortlist=everything) == full.beam(ctx, beam_size=3, max_len=8)
 
 
-def test_a_streamed_reply_is_the_greedy_or_the_single_sample_reply_word_by_word(bot):
-    for d in (bot.decoder, Decoder(bot.model, xla=False, shortlist=12)):
+def test_a_streamed_reply_is_the_greedy_or_the_single_sample_reply_word_by_word(bot, xla):
+    for d in (xla, Decoder(bot.model, xla=False, shortlist=12)):
         for ctx in CONTEXTS:
             ctx = np.array(ctx, np.int32)
             ids = d.shortlist.of(ctx)

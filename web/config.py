@@ -14,6 +14,7 @@ from pathlib import Path
 
 from limits import parse_many
 
+from ergo.config import env_flag
 from ergo.errors import ErgoError
 
 ENV_PREFIX = "ERGO_"
@@ -63,9 +64,7 @@ class WebConfig:
             elif f.type == "str":
                 values[f.name] = raw
             elif f.type == "bool":
-                if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
-                    raise ErgoError(f"{name} must be true or false, not {raw!r}")
-                values[f.name] = raw.lower() in ("1", "true", "yes")
+                values[f.name] = env_flag(name, f.default, env)
             else:
                 try:
                     values[f.name] = int(raw)
