@@ -3,11 +3,11 @@
 Starts the server as bench/web_load.py does (its own Redis, a temporary run folder), then:
   1. one client, REQUESTS requests each to /api/chat/stream and /api/chat, alternating: the time to the first
      `event: token` line, to `done`, and to /api/chat's whole reply (p50 and p95);
-  2. CONCURRENCY clients for SECONDS on each route in turn: replies/s, and their ratio.
+  2. CONCURRENCY clients for SECONDS on each route, in ROUNDS rounds taking turns: replies/s, and their ratio.
 Greedy in the generate mode (the settings that stream word by word) unless --settings says otherwise.
 
     python bench/stream_latency.py --model-dir checkpoints/chitchat-quick/best [--requests 100]
-        [--concurrency 4] [--seconds 30] [--settings '{"mode": "generate", "decoder": "greedy"}']
+        [--concurrency 4] [--seconds 30] [--rounds 6] [--settings '{"mode": "generate", "decoder": "greedy"}']
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from web_load import MESSAGES, start_server  # noqa: E402
 
 GREEDY = {"mode": "generate", "decoder": "greedy"}
+ROUTES = ("/api/chat", "/api/chat/stream")
 
 
 def post(address: str, path: str, message: str, settings: dict) -> tuple[float, float | None, int]:
@@ -78,7 +79,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--requests", type=int, default=100)
     p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--seconds", type=float, default=30)
+    p.add_argument("--seconds", type=float, default=30, help="each route's time under load, in all")
+    p.add_argument("--rounds", type=int, default=6, help="alternate rounds of the two routes")
     p.add_argument("--settings", type=json.loads, default=GREEDY)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="ergo-stream-bench-") as run_dir:
@@ -97,12 +99,17 @@ def main() -> None:
                                  ("/api/chat: reply", whole)):
                 print(f"{name:22s} p50 {percentile(values, 0.5) * 1000:6.1f} ms   p95 "
                       f"{percentile(values, 0.95) * 1000:6.1f} ms   ({len(values)} requests, one client)")
-            rates = {}
-            for path in ("/api/chat", "/api/chat/stream"):
-                n, errors = load(address, path, args.settings, args.concurrency, args.seconds)
-                rates[path] = n / args.seconds
-                print(f"{path:22s} {rates[path]:6.1f} replies/s at concurrency {args.concurrency} "
-                      f"for {args.seconds:.0f} s, {errors} errors")
+            # the two routes in alternate rounds, so that the machine's drift (this one's speed wanders by a
+            # fifth within minutes) falls on both alike
+            done, failed = {path: 0 for path in ROUTES}, {path: 0 for path in ROUTES}
+            for _ in range(args.rounds):
+                for path in ROUTES:
+                    n, errors = load(address, path, args.settings, args.concurrency, args.seconds / args.rounds)
+                    done[path], failed[path] = done[path] + n, failed[path] + errors
+            rates = {path: done[path] / args.seconds for path in ROUTES}
+            for path in ROUTES:
+                print(f"{path:22s} {rates[path]:6.1f} replies/s at concurrency {args.concurrency} for {args.seconds:.0f} "
+                      f"s in {args.rounds} rounds, {failed[path]} errors")
             print(f"throughput ratio (stream / chat): {rates['/api/chat/stream'] / rates['/api/chat']:.3f}")
         finally:
             proc.send_signal(signal.SIGTERM)
