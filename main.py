@@ -20,11 +20,10 @@ TENSORFLOW_ACTIONS = ("train", "train_selector", "evaluate", "export", "chat")  
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ergo.choices import ATTENTION, DECODERS, MODES, SPLITS, described
+    from ergo.choices import ATTENTION, DECODERS, MODES, RATED, SPLITS, described
     from ergo.config import DEFAULT_PRESET, PRESETS, SELECTOR_ENCODERS
     from ergo.corpora import NAMED, READERS
     from ergo.corpora.download import SOURCES
-    from web.export import RATED
 
     p = argparse.ArgumentParser(
         prog="main.py", description="ErGo: train a seq2seq chatbot on dialogs and chat with it.",
@@ -133,8 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with several --model-dir: each one's share of new conversations, e.g. 50,50 (default: "
                           "equal)")
     web.add_argument("--rated", choices=RATED, default="up",
-                     help="--export-conversations writes those with an up-vote (up, the default), a down-vote "
-                          "(down), or every one kept (any)")
+                     help=f"which conversations --export-conversations writes: {described(RATED)} (default: up)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -150,8 +148,8 @@ def model_and_train_config(args, init=None):
     settings, each with the flags given."""
     from ergo.config import get_preset, override
     preset = get_preset(args.preset)
-    model = override(init.model_config if init else preset.model, hidden=args.hidden, layers=args.layers, attention=args.attention,
-                     dropout=args.dropout, sampled_softmax=args.sampled_softmax,
+    model = override(init.model_config if init else preset.model, hidden=args.hidden, layers=args.layers,
+                     attention=args.attention, dropout=args.dropout, sampled_softmax=args.sampled_softmax,
                      freeze_embeddings=args.freeze_embeddings)
     # A budget is the run's length: the preset's epochs do not cut it short, an explicit --epochs does.
     epochs = args.epochs if args.epochs is not None or not args.minutes else UNBOUNDED_EPOCHS

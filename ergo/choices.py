@@ -10,6 +10,8 @@ DECODERS = {"greedy": "the likeliest word at each step", "beam": "the n-best of 
 ATTENTION = {"dot": "the decoder's state against the encoder's outputs",
              "general": "the same through a learned matrix", "additive": "Bahdanau's small network"}
 SPLITS = ("valid", "test")  # the held-out splits --evaluate may use
+RATED = {"up": "those with an up-vote, each cut before its first down-voted reply",
+         "down": "those with a down-vote, whole", "any": "every one kept, whole"}  # --export-conversations
 
 
 def described(choices: dict) -> str:

@@ -115,7 +115,7 @@ def create_app(bundles: Sequence[Spec] | Path, redis_url: str, secret_key: str, 
     @app.get("/")
     def index():
         # the bundle answering this visitor's conversation, where it has one yet (or where there is one only)
-        mine = served.get(session.get("bundle")) or (served.first if len(served.served) == 1 else None)
+        mine = served.get(session.get("bundle")) or (served.first if len(served) == 1 else None)
         return render_template("index.html", bot_name=mine.name if mine else "", max_chars=config.max_message_chars,
                                keep_for_training=config.keep_for_training)
 

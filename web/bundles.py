@@ -140,6 +140,9 @@ class Bundles:
     def __iter__(self):
         return iter(self.served.values())
 
+    def __len__(self) -> int:
+        return len(self.served)
+
     @property
     def first(self) -> Served:
         return next(iter(self.served.values()))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ergo.choices import RATED
 from ergo.errors import ErgoError
 from ergo.files import atomic_path
 
@@ -30,7 +31,6 @@ from .config import WebConfig
 from .redis_server import LocalRedis
 from .store import ERRORS, ConversationStore, StoreUnavailable, connect
 
-RATED = ("up", "down", "any")
 
 
 @dataclass
