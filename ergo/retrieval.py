@@ -17,7 +17,6 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse
 
 from .dataset import PreparedData
 from .errors import ErgoError
@@ -36,19 +35,32 @@ def vocab_digest(vocab: Vocab) -> str:
     return hashlib.sha256("\n".join(vocab.words).encode("utf-8")).hexdigest()
 
 
-def _sentence_vectors(contexts: Ragged, word_vectors: np.ndarray, word_weight: np.ndarray) -> np.ndarray:
-    """Unit-length weighted mean vectors [N, D], through one sparse [N, V] x [V, D] product. A token's
-    weight is its word's SIF weight, halved for every turn between it and the context's last turn."""
+def _token_weights(contexts: Ragged, word_weight: np.ndarray) -> np.ndarray:
+    """Each token's weight: its word's SIF weight, halved for every turn between it and its context's last turn."""
     ids = contexts.ids
     seps = np.cumsum(ids == SEP_ID)
     last = contexts.offsets[1:] - 1                       # each row's last position (unused for empty rows)
     turns_after = seps[last[contexts.rows()]] - seps      # separators after each token, in its own row
-    weights = word_weight[ids] * EARLIER_TURN ** turns_after
-    rows = scipy.sparse.csr_matrix((weights.astype(np.float32), ids, contexts.offsets),
+    return (word_weight[ids] * EARLIER_TURN ** turns_after).astype(np.float32)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-8)
+
+
+def _sentence_vectors(contexts: Ragged, word_vectors: np.ndarray, word_weight: np.ndarray) -> np.ndarray:
+    """Unit-length weighted mean vectors [N, D] of many contexts, through one sparse [N, V] x [V, D] product
+    (scipy's, imported here: a web worker, which looks up one context at a time, never holds its 23 MB)."""
+    import scipy.sparse
+    rows = scipy.sparse.csr_matrix((_token_weights(contexts, word_weight), contexts.ids, contexts.offsets),
                                    shape=(len(contexts), len(word_vectors)))
-    vectors = np.asarray(rows @ word_vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-8)
+    return _unit(np.asarray(rows @ word_vectors, dtype=np.float32))
+
+
+def _sentence_vector(context: np.ndarray, word_vectors: np.ndarray, word_weight: np.ndarray) -> np.ndarray:
+    """One context's vector, as _sentence_vectors makes it, from its few words' rows."""
+    row = Ragged.from_rows([np.asarray(context)])
+    return _unit(_token_weights(row, word_weight) @ word_vectors[row.ids])
 
 
 def build_index(data: PreparedData, bundle_dir: Path) -> Path:
@@ -141,7 +153,7 @@ class RetrievalIndex:
 
     def search(self, context: np.ndarray, k: int) -> list[tuple[list[int], float]]:
         """Up to k distinct replies of the nearest training contexts: (reply ids, cosine), nearest first."""
-        query = _sentence_vectors(Ragged.from_rows([context]), self.word_vectors, self.word_weight)[0]
+        query = _sentence_vector(context, self.word_vectors, self.word_weight)
         if not np.any(query) or not len(self):
             return []
         sims = self._products(query) * self.row_scale  # every training context's cosine
