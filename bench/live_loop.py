@@ -50,13 +50,22 @@ def new_version(bundle: Path, target: Path, seed: int = 1) -> str:
     return Bundle.load(target).version()
 
 
-def versions(address: str, name: str, tries: int = 20) -> dict[str, str]:
-    """Each worker's version of bundle `name`, from /healthz on new connections (a probe lands on any)."""
+def versions(address: str, name: str, workers: int = 2, tries: int = 60) -> dict[str, str]:
+    """Each worker's version of bundle `name`, from /healthz on new connections until `workers` workers have
+    answered (a probe lands on any; a busy worker takes fewer), or `tries` probes."""
     seen = {}
     for _ in range(tries):
         if (found := probe(address)) and found[0] == 200:
             seen[found[2]] = next(b["version"] for b in found[1]["bundles"] if b["name"] == name)
+        if len(seen) == workers:
+            break
     return seen
+
+
+def everywhere(address: str, name: str, version: str, workers: int = 2) -> bool:
+    """Whether every worker answers with `version` of bundle `name`."""
+    seen = versions(address, name, workers)
+    return len(seen) == workers and set(seen.values()) == {version}
 
 
 def serve(bundles: list[Path], workers: int, run_dir: Path, traffic: str = ""):
@@ -106,13 +115,13 @@ def main() -> None:
                 f"{name} {split[name]} (configured {wanted[name]:.0f}, {split[name] / wanted[name] - 1:+.0%})"
                 for name in wanted) + "".join(f", {k} {n}" for k, n in split.items() if k not in wanted))
 
-            before = versions(address, "alpha")
+            before = versions(address, "alpha", args.workers)
             with Chatters(address, args.concurrency, seconds=args.seconds) as chatters:
                 time.sleep(args.seconds / 3)
                 started = time.monotonic()
                 version = new_version(runs[0] / "best", runs[0] / "best", seed=int(time.time()))
                 written = time.monotonic() - started
-                took = after(lambda: set(versions(address, "alpha", 8).values()) == {version}, timeout=args.seconds)
+                took = after(lambda: everywhere(address, "alpha", version, args.workers), timeout=args.seconds)
             outcomes = ", ".join(f"{kind} {n:,}" for kind, n in chatters.outcomes.most_common())
             print(f"hot swap under load ({args.concurrency} clients, {args.seconds:.0f} s): versions before "
                   f"{sorted(set(before.values()))}, new {version} written in {written:.1f} s; on every worker "
