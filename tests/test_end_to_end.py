@@ -261,3 +261,13 @@ def test_mistakes_with_bundles_side_by_side_and_the_live_loop_are_one_line(in_pr
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not (in_project / "out.jsonl").exists()
+
+
+def test_train_selector_replaces_the_selector_in_best_and_in_the_run(in_project, capsys):
+    best = in_project / "checkpoints" / "talk-tiny" / "best"
+    trained_at = (best / "selector" / "config.json").stat().st_mtime_ns
+    assert call("--train-selector", "--model-dir", "checkpoints/talk-tiny", "--preset", "tiny", "--quiet") == 0
+    out, err = capsys.readouterr()
+    assert "reply selector added to checkpoints/talk-tiny/best/" in out and "ranking: selector weight" in out, err
+    assert (best / "selector" / "config.json").stat().st_mtime_ns != trained_at  # replaced, in best/ and the run
+    assert (best.parent / "selector" / "config.json").stat().st_mtime_ns != trained_at
