@@ -134,7 +134,6 @@ class Bundles:
         self._bounds = [sum(s.share for s in specs[:i + 1]) for i in range(len(specs))]
         self._u = random.random()  # where this worker's sequence starts
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._frozen = True  # what the app loaded first is frozen (gc.freeze) until a swap drops some of it
 
     def __iter__(self):
@@ -168,11 +167,9 @@ class Bundles:
             threading.Thread(target=self._watch, args=(seconds,), name="bundle-watcher", daemon=True).start()
 
     def _watch(self, seconds: float) -> None:
-        while not self._stop.wait(seconds):
+        while True:  # a daemon thread: it ends with its worker
+            time.sleep(seconds)
             self.check()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def check(self) -> list[str]:
         """Load every bundle whose folder changed since it was loaded, and swap it in; returns the names of
