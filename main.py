@@ -266,10 +266,10 @@ def run(args) -> None:
         serve([bundle_dir(args, d) for d in args.model_dirs] or [bundle_dir(args)], args.host, args.port,
               args.workers, traffic=args.traffic)
     if args.export_conversations:
+        from ergo.bundle import home
         from web.export import export_conversations
-        folder = run_dir(args)
-        report = export_conversations(folder.parent if folder.name == "best" else folder, args.export_conversations,
-                                      args.rated, progress=not args.quiet)
+        report = export_conversations(home(run_dir(args)), args.export_conversations, args.rated,
+                                      progress=not args.quiet)
         print(report.summary())
 
 

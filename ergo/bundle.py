@@ -85,10 +85,16 @@ class Bundle:
             raise ErgoError(f"{self.weights} does not fit the model its config.json describes: {e}") from None
 
 
+def home(path: Path) -> Path:
+    """The folder a bundle belongs to: its run folder for a run's best/, else the bundle folder itself (where
+    the web keeps its state, and what names the bundle)."""
+    path = Path(path)
+    return path.parent if path.name == "best" else path
+
+
 def bundle_name(path: Path) -> str:
-    """What a bundle is called: its run folder's name for a run's best/, else its own folder's."""
-    path = Path(path).resolve()
-    return path.parent.name if path.name == "best" else path.name
+    """What a bundle is called: its home folder's name."""
+    return home(Path(path).resolve()).name
 
 
 def save_bundle(path: Path, model, data_config: DataConfig, model_config: ModelConfig, vocab: Vocab,

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from gunicorn.app.base import BaseApplication
 
+from ergo.bundle import home
 from ergo.errors import ErgoError
 
 from .bundles import specs
@@ -101,8 +102,7 @@ def run(bundles: Sequence[Path] | Path, host: str = "127.0.0.1", port: int = 800
     # traceback in every worker, for a bad one
     if workers < 1:
         raise ErgoError(f"--workers must be at least 1, not {workers}")
-    first = served[0].path
-    run_dir = Path(run_dir or (first.parent if first.name == "best" else first))
+    run_dir = Path(run_dir or home(served[0].path))
     config = WebConfig.from_env()
     state = private_dir(run_dir / "web")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides the address
